@@ -1,0 +1,249 @@
+//! `secrets.toml`: the cluster's shared secrets, kept beside the cluster file
+//! with mode 0600 and never committed. Node-specific secrets (the K3s node
+//! password) are derived from `node_secret`, so a re-flashed node gets the same
+//! password and K3s accepts it under its old name.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::cluster::hex;
+use crate::error::{Error, Source};
+
+pub const SECRETS_FILE_NAME: &str = "secrets.toml";
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// K3s server token: servers join each other with it.
+    pub k3s_token: String,
+    /// K3s agent token (`agent-token`): the only token an agent's image carries.
+    pub k3s_agent_token: String,
+    /// Key from which every node's stable K3s node password is derived.
+    pub node_secret: String,
+    /// Data-platform credentials, by name (generated when components are chosen).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub platform: BTreeMap<String, String>,
+}
+
+// Secrets never reach logs through Debug.
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("k3s_token", &"<redacted>")
+            .field("k3s_agent_token", &"<redacted>")
+            .field("node_secret", &"<redacted>")
+            .field("platform", &self.platform.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The secrets file that belongs to a cluster file.
+pub fn secrets_path(cluster_file: &Path) -> PathBuf {
+    let dir = match cluster_file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    dir.join(SECRETS_FILE_NAME)
+}
+
+/// `n` random bytes as lower-case hex.
+pub fn random_hex(n: usize) -> Result<String, Error> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(hex(&buf))
+}
+
+impl Secrets {
+    /// Fresh random secrets (256 bits each).
+    pub fn generate() -> Result<Secrets, Error> {
+        Ok(Secrets {
+            k3s_token: random_hex(32)?,
+            k3s_agent_token: random_hex(32)?,
+            node_secret: random_hex(32)?,
+            platform: BTreeMap::new(),
+        })
+    }
+
+    /// Load the secrets file beside `cluster_file`, refusing one others can read.
+    pub fn load_for(cluster_file: &Path) -> Result<Secrets, Error> {
+        Secrets::load(&secrets_path(cluster_file), cluster_file)
+    }
+
+    pub fn load(path: &Path, cluster_file: &Path) -> Result<Secrets, Error> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut src = Source::new(path, "");
+                src.report(
+                    None,
+                    "",
+                    "the secrets file is missing",
+                    Some(format!(
+                        "create it with `picluster secrets -c {}` (it writes fresh random tokens, mode 0600)",
+                        cluster_file.display()
+                    )),
+                );
+                return Err(src.finish().expect_err("a problem was reported"));
+            }
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut src = Source::new(path, &text);
+        if mode & 0o077 != 0 {
+            src.report(
+                None,
+                "",
+                format!("the secrets file has mode {mode:04o}: other users can read the cluster's tokens"),
+                Some(format!("run `chmod 600 {}`", path.display())),
+            );
+        }
+        let secrets = match toml::from_str::<Secrets>(&text) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                src.toml_problem(&e);
+                None
+            }
+        };
+        if let Some(s) = &secrets {
+            for (field, value) in [
+                ("k3s_token", &s.k3s_token),
+                ("k3s_agent_token", &s.k3s_agent_token),
+                ("node_secret", &s.node_secret),
+            ] {
+                let span = text.find(&format!("{field} ")).map(|i| i..i + field.len());
+                if value.len() < 16 {
+                    src.report(
+                        span,
+                        field,
+                        "is shorter than 16 characters",
+                        Some("use a long random value, e.g. `openssl rand -hex 32`".into()),
+                    );
+                } else if !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    src.report(
+                        span,
+                        field,
+                        "may only hold letters, digits, '-', '_' and '.'",
+                        Some("use a random hex value, e.g. `openssl rand -hex 32`".into()),
+                    );
+                }
+            }
+        }
+        src.finish()?;
+        Ok(secrets.expect("parsed when no problem was reported"))
+    }
+
+    /// Write to `path` with mode 0600; never overwrites an existing file.
+    pub fn write_new(&self, path: &Path, cluster_name: &str) -> Result<(), Error> {
+        let text = self.to_toml(cluster_name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::Exists(path.to_path_buf()),
+                _ => Error::Write {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            })?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|source| Error::Write {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+
+    pub fn to_toml(&self, cluster_name: &str) -> String {
+        let body = toml::to_string(self).expect("secrets serialise");
+        format!(
+            "# picluster secrets for cluster \"{cluster_name}\".\n\
+             # Keep this file private (mode 0600) and out of git. Losing it means\n\
+             # re-flashed nodes can no longer rejoin the cluster.\n\n{body}"
+        )
+    }
+
+    /// The K3s node password of `node`: stable across re-flashes, different per node.
+    pub fn node_password(&self, node: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.node_secret.as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(b"picluster k3s node password\0");
+        mac.update(node.as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_round_trip_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = dir.path().join("cluster.toml");
+        let path = secrets_path(&cluster);
+        let s = Secrets::generate().unwrap();
+        s.write_new(&path, "homelab").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(Secrets::load_for(&cluster).unwrap(), s);
+        assert!(matches!(
+            s.write_new(&path, "homelab"),
+            Err(Error::Exists(_))
+        ));
+    }
+
+    #[test]
+    fn missing_file_says_how_to_create_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Secrets::load_for(&dir.path().join("cluster.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("secrets.toml: the secrets file is missing"),
+            "{msg}"
+        );
+        assert!(msg.contains("picluster secrets -c"), "{msg}");
+    }
+
+    #[test]
+    fn world_readable_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = dir.path().join("cluster.toml");
+        let path = secrets_path(&cluster);
+        Secrets::generate().unwrap().write_new(&path, "x").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let msg = Secrets::load_for(&cluster).unwrap_err().to_string();
+        assert!(
+            msg.contains("mode 0644") && msg.contains("chmod 600"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn node_passwords_are_stable_and_distinct() {
+        let s = Secrets::generate().unwrap();
+        assert_eq!(s.node_password("pi-1"), s.node_password("pi-1"));
+        assert_ne!(s.node_password("pi-1"), s.node_password("pi-2"));
+        assert_eq!(s.node_password("pi-1").len(), 64);
+        assert!(!format!("{s:?}").contains(&s.k3s_token));
+    }
+}
