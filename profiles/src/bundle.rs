@@ -161,6 +161,9 @@ pub struct NodeIdentity {
     pub taints: Vec<String>,
     /// `https://<api_endpoint>:6443`, the address joining nodes use.
     pub server_url: String,
+    /// The other servers' addresses. A re-flashed first server that finds one of
+    /// them answering joins it instead of initialising a second cluster.
+    pub other_servers: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +213,8 @@ pub struct NodeBundle {
     pub node: NodeIdentity,
     pub user: UserPlan,
     pub k3s: K3sPlan,
+    /// Debian packages stage 2 installs before K3s (e.g. open-iscsi for Longhorn).
+    pub apt_packages: Vec<String>,
     /// Kernel arguments that only exist to run stage 1; stage 1 removes them
     /// from cmdline.txt (everything else stays).
     pub stage1_kernel_args: Vec<String>,

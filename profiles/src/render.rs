@@ -79,6 +79,11 @@ pub fn render_node(
         labels: node.labels.clone(),
         taints: node.taints.clone(),
         server_url,
+        other_servers: cluster
+            .servers()
+            .filter(|s| s.name != node.name)
+            .map(|s| s.ip)
+            .collect(),
     };
     let (service, command) = match node.role {
         Role::Server => ("k3s", "server"),
@@ -180,6 +185,7 @@ pub fn render_node(
             binary: inputs.k3s_binary.clone(),
             airgap_images: inputs.k3s_airgap.clone(),
         },
+        apt_packages: Vec::new(),
         stage1_kernel_args: stage1_kernel_args(),
         files,
     };
