@@ -1,1 +1,7 @@
-pub fn placeholder() {}
+//! picluster: build ready-to-flash Raspberry Pi OS images for a K3s cluster.
+
+pub mod base;
+pub mod bootfs;
+pub mod partition;
+pub mod region;
+pub mod rootfs;

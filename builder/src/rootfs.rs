@@ -1,0 +1,143 @@
+//! Reading the ext4 root filesystem of a base image, read-only, with
+//! ext4-view: which OS release it is and which CPU its programs are for.
+//! picluster never writes the root partition.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+
+use serde::Serialize;
+
+use crate::partition::Extent;
+use crate::region::RegionReader;
+
+/// What the rootfs says about itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootfsInfo {
+    /// `/etc/os-release` as key → value (quotes removed).
+    pub os_release: BTreeMap<String, String>,
+    /// CPU architecture of the userland, from the ELF header of a core program.
+    pub arch: String,
+    /// The program the architecture was read from.
+    pub arch_probe: String,
+    pub label: String,
+}
+
+impl RootfsInfo {
+    pub fn id(&self) -> &str {
+        self.os_release.get("ID").map_or("", String::as_str)
+    }
+    pub fn codename(&self) -> &str {
+        self.os_release
+            .get("VERSION_CODENAME")
+            .map_or("", String::as_str)
+    }
+    pub fn pretty_name(&self) -> &str {
+        self.os_release
+            .get("PRETTY_NAME")
+            .map_or("unknown", String::as_str)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("the root partition is not a readable ext4 filesystem: {0}")]
+    NotExt4(String),
+    #[error("the root filesystem has no /etc/os-release (or /usr/lib/os-release): {0}")]
+    NoOsRelease(String),
+    #[error(
+        "no core program (/usr/bin/env, /bin/sh, /usr/bin/dpkg) could be read to tell the CPU architecture"
+    )]
+    NoProgram,
+}
+
+/// Programs whose ELF header tells the userland's architecture.
+const ARCH_PROBES: &[&str] = &["/usr/bin/env", "/bin/sh", "/usr/bin/dpkg", "/usr/bin/ls"];
+
+pub fn inspect(file: &File, extent: Extent) -> Result<RootfsInfo, RootfsError> {
+    let reader =
+        RegionReader::new(file, extent).map_err(|e| RootfsError::NotExt4(e.to_string()))?;
+    let fs =
+        ext4_view::Ext4::load(Box::new(reader)).map_err(|e| RootfsError::NotExt4(e.to_string()))?;
+    let text = fs
+        .read_to_string("/etc/os-release")
+        .or_else(|_| fs.read_to_string("/usr/lib/os-release"))
+        .map_err(|e| RootfsError::NoOsRelease(e.to_string()))?;
+    let os_release = parse_os_release(&text);
+    let mut found = None;
+    for probe in ARCH_PROBES {
+        if let Ok(mut f) = fs.open(*probe) {
+            let mut head = [0u8; 20];
+            if std::io::Read::read_exact(&mut f, &mut head).is_ok() {
+                found = Some((elf_arch(&head), probe.to_string()));
+                break;
+            }
+        }
+    }
+    let (arch, arch_probe) = found.ok_or(RootfsError::NoProgram)?;
+    Ok(RootfsInfo {
+        os_release,
+        arch,
+        arch_probe,
+        label: fs.label().to_str().unwrap_or_default().to_string(),
+    })
+}
+
+pub fn parse_os_release(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.trim().to_string(),
+                v.trim().trim_matches('"').trim_matches('\'').to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The architecture an ELF header names, in Debian's terms.
+pub fn elf_arch(head: &[u8]) -> String {
+    if head.len() < 20 || &head[..4] != b"\x7fELF" {
+        return "not an ELF program".into();
+    }
+    let little = head[5] == 1;
+    let machine = if little {
+        u16::from_le_bytes([head[18], head[19]])
+    } else {
+        u16::from_be_bytes([head[18], head[19]])
+    };
+    match (machine, head[4]) {
+        (183, 2) => "arm64".into(),
+        (40, 1) => "armhf".into(),
+        (62, 2) => "amd64".into(),
+        (3, 1) => "i386".into(),
+        (243, 2) => "riscv64".into(),
+        (m, class) => format!("ELF machine {m} ({}-bit)", if class == 2 { 64 } else { 32 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_values_lose_their_quotes() {
+        let m = parse_os_release(
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_CODENAME=bookworm\n",
+        );
+        assert_eq!(m["ID"], "debian");
+        assert_eq!(m["PRETTY_NAME"], "Debian GNU/Linux 12 (bookworm)");
+    }
+
+    #[test]
+    fn elf_machines() {
+        let mut h = [0u8; 20];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2;
+        h[5] = 1;
+        h[18] = 183;
+        assert_eq!(elf_arch(&h), "arm64");
+        h[18] = 62;
+        assert_eq!(elf_arch(&h), "amd64");
+        assert_eq!(elf_arch(b"#!/bin/sh\n0123456789"), "not an ELF program");
+    }
+}
