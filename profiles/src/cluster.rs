@@ -625,16 +625,14 @@ impl Builder<'_, '_> {
                 checks::hostname(name),
                 Some("use a lower-case RFC 1123 name such as pi-worker-1"),
             );
-            if node_ok {
-                if let Some(prev) = names.insert(name.clone(), i) {
-                    self.bad(
-                        &n.name,
-                        &field("name"),
-                        format!("\"{name}\" is already the name of nodes[{prev}]"),
-                        Some("node names must be unique"),
-                    );
-                    node_ok = false;
-                }
+            if node_ok && let Some(prev) = names.insert(name.clone(), i) {
+                self.bad(
+                    &n.name,
+                    &field("name"),
+                    format!("\"{name}\" is already the name of nodes[{prev}]"),
+                    Some("node names must be unique"),
+                );
+                node_ok = false;
             }
             let ip = self.ipv4(&n.ip, &field("ip"));
             if let (Some(ip), Some(net)) = (ip, net) {
