@@ -92,3 +92,116 @@ pub fn sha256_file(path: &Path) -> String {
     std::io::copy(&mut f, &mut h).unwrap();
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
+
+pub mod http;
+
+/// The aarch64 node agent: `$PICLUSTER_AGENT`, or built once from this workspace.
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PICLUSTER_AGENT") {
+        return PathBuf::from(p);
+    }
+    let target_dir = fixture_root().join("agent-target");
+    let bin = target_dir.join("aarch64-unknown-linux-musl/release/picluster-node");
+    std::fs::create_dir_all(&target_dir).unwrap();
+    let lock = std::fs::File::create(target_dir.join("lock")).unwrap();
+    lock.lock().unwrap();
+    // Cargo decides whether anything changed; a no-op build takes a moment.
+    let status = Command::new(env!("CARGO"))
+        .current_dir(repo_root())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "picluster-node",
+            "--target",
+            "aarch64-unknown-linux-musl",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "cannot cross-build the node agent (rustup target add aarch64-unknown-linux-musl)"
+    );
+    bin
+}
+
+/// A K3s release mirror laid out as `<dir>/<version>/{k3s-arm64,sha256sum-arm64.txt}`
+/// holding a stand-in binary of `size` bytes.
+pub fn k3s_mirror(dir: &Path, version: &str, size: usize) -> PathBuf {
+    let rel = dir.join(version);
+    std::fs::create_dir_all(&rel).unwrap();
+    let mut data = vec![0u8; size];
+    let mut x: u32 = 0x1234_5678;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    std::fs::write(rel.join("k3s-arm64"), &data).unwrap();
+    let sha = sha256_file(&rel.join("k3s-arm64"));
+    std::fs::write(
+        rel.join("sha256sum-arm64.txt"),
+        format!("{}  k3s\n{sha}  k3s-arm64\n", "0".repeat(64)),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+/// A fresh SSH key pair made by ssh-keygen; returns the public key line.
+pub fn ssh_key(dir: &Path) -> String {
+    let key = dir.join("id_ed25519");
+    if !key.exists() {
+        run(Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "test@picluster",
+                "-f",
+            ])
+            .arg(&key));
+    }
+    std::fs::read_to_string(dir.join("id_ed25519.pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `picluster` with a private cache directory.
+pub fn picluster(cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_picluster"));
+    c.env("PICLUSTER_CACHE_DIR", cache)
+        .env("PICLUSTER_AGENT", agent_binary())
+        .env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+/// Run a command expected to fail; return its stderr.
+pub fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "{cmd:?} should have failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Names of the entries of a directory (empty when it does not exist).
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

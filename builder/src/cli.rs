@@ -1,0 +1,45 @@
+//! Command-line interface: clap definitions and dispatch.
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+
+/// Build ready-to-flash Raspberry Pi OS images for a K3s cluster from one cluster file.
+#[derive(Debug, Parser)]
+#[command(name = "picluster", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Print only results and errors (no progress).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented sample cluster file and fresh secrets into DIR.
+    Init(cmd::init::InitArgs),
+    /// Create secrets.toml (random K3s tokens and node secret) beside a cluster file.
+    Secrets(cmd::init::SecretsArgs),
+    /// Validate the cluster file and show what every node's image will contain.
+    Plan(cmd::plan::PlanArgs),
+    /// Download and verify the base image and K3s release into the cache.
+    Fetch(cmd::fetch::FetchArgs),
+    /// Write one bootable image per node.
+    Build(cmd::build::BuildArgs),
+    /// Show what an image contains (partitions, OS, boot files, picluster node).
+    Inspect(cmd::inspect::InspectArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::progress::set_quiet(cli.quiet);
+    crate::interrupt::install();
+    match &cli.command {
+        Command::Init(a) => cmd::init::init(a),
+        Command::Secrets(a) => cmd::init::secrets(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Fetch(a) => cmd::fetch::run(a),
+        Command::Build(a) => cmd::build::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+    }
+}

@@ -1,0 +1,154 @@
+//! `picluster init` and `picluster secrets`: start a cluster directory, and
+//! create the secrets file beside an existing cluster file. Neither ever
+//! overwrites a file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use picluster_profiles::secrets::secrets_path;
+use picluster_profiles::{Cluster, SAMPLE_CLUSTER, SAMPLE_SSH_KEY, Secrets, checks};
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Directory for cluster.toml and secrets.toml (created if missing).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Public key to put in the cluster file (default: ~/.ssh/id_ed25519.pub, id_ecdsa.pub or id_rsa.pub).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SecretsArgs {
+    /// The cluster file; secrets.toml is created beside it.
+    #[arg(short, long, default_value = "cluster.toml")]
+    pub config: PathBuf,
+}
+
+fn find_key(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>> {
+    let candidates: Vec<PathBuf> = match explicit {
+        Some(p) => vec![p.to_path_buf()],
+        None => {
+            let Some(home) = std::env::var_os("HOME") else {
+                return Ok(None);
+            };
+            ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"]
+                .iter()
+                .map(|n| Path::new(&home).join(".ssh").join(n))
+                .collect()
+        }
+    };
+    for p in candidates {
+        match fs::read_to_string(&p) {
+            Ok(text) => {
+                let key = text.trim().to_string();
+                checks::ssh_public_key(&key)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                return Ok(Some((p, key)));
+            }
+            Err(e) if explicit.is_some() => {
+                return Err(e).with_context(|| format!("cannot read {}", p.display()));
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+pub fn init(args: &InitArgs) -> Result<()> {
+    let cluster = args.dir.join("cluster.toml");
+    let secrets = args.dir.join("secrets.toml");
+    let existing: Vec<String> = [&cluster, &secrets]
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !existing.is_empty() {
+        bail!(
+            "{} already exist(s); picluster init never overwrites files (to create only the secrets file, run `picluster secrets -c {}`)",
+            existing.join(" and "),
+            cluster.display()
+        );
+    }
+    let key = find_key(args.ssh_key.as_deref())?;
+    fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let text = match &key {
+        Some((_, k)) => SAMPLE_CLUSTER.replace(SAMPLE_SSH_KEY, k),
+        None => SAMPLE_CLUSTER.to_string(),
+    };
+    // The sample must stay valid with the user's key in it.
+    Cluster::parse(&cluster, &text)
+        .context("internal error: the sample cluster file does not validate")?;
+    let generated = Secrets::generate()?;
+    write_new(&cluster, text.as_bytes())?;
+    if let Err(e) = generated.write_new(&secrets, "homelab") {
+        let _ = fs::remove_file(&cluster);
+        return Err(e.into());
+    }
+    let gitignore = args.dir.join(".gitignore");
+    if !gitignore.exists() {
+        write_new(
+            &gitignore,
+            b"# Cluster secrets never go into git.\nsecrets.toml\n",
+        )?;
+    } else if !fs::read_to_string(&gitignore)
+        .unwrap_or_default()
+        .contains("secrets.toml")
+    {
+        eprintln!(
+            "warning: {} does not ignore secrets.toml; add it so secrets stay out of git",
+            gitignore.display()
+        );
+    }
+    println!(
+        "wrote {} and {} (mode 0600)",
+        cluster.display(),
+        secrets.display()
+    );
+    match key {
+        Some((p, _)) => println!("SSH access: your key {}", p.display()),
+        None => eprintln!(
+            "warning: no SSH public key found (~/.ssh/id_ed25519.pub …); the cluster file holds an example key.\n\
+             Replace it in [access] ssh_authorized_keys, or run `ssh-keygen -t ed25519` and init again."
+        ),
+    }
+    println!(
+        "next: edit {} (IPs, gateway), then `picluster plan -c {}`",
+        cluster.display(),
+        cluster.display()
+    );
+    Ok(())
+}
+
+fn write_new(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn secrets(args: &SecretsArgs) -> Result<()> {
+    let cluster = Cluster::load(&args.config)?;
+    let path = secrets_path(&args.config);
+    if path.exists() {
+        // Validates mode and content; nothing to add yet.
+        Secrets::load_for(&args.config)?;
+        println!(
+            "{} already exists and is complete; nothing changed",
+            path.display()
+        );
+        return Ok(());
+    }
+    Secrets::generate()?.write_new(&path, &cluster.name)?;
+    println!(
+        "wrote {} (mode 0600); keep it out of git and back it up",
+        path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! The subcommands, each a function taking its parsed arguments.
+
+pub mod build;
+pub mod fetch;
+pub mod init;
+pub mod inspect;
+pub mod plan;

@@ -1,0 +1,503 @@
+//! Downloads: HTTP(S) with resume (Range) and retries, `file://` URLs and plain
+//! paths, every result checked against a SHA-256 before anything uses it.
+//! Verified downloads land in the cache under their digest; a mismatch deletes
+//! the partial file and fails loudly.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::digest;
+use crate::interrupt;
+use crate::progress;
+
+/// Where something comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Http(String),
+    Local(PathBuf),
+}
+
+impl Location {
+    /// `http(s)://…`, `file://…`, or a plain path.
+    pub fn parse(s: &str) -> Location {
+        if s.starts_with("http://") || s.starts_with("https://") {
+            Location::Http(s.to_string())
+        } else if let Some(p) = s.strip_prefix("file://") {
+            Location::Local(PathBuf::from(p))
+        } else {
+            Location::Local(PathBuf::from(s))
+        }
+    }
+
+    /// The last path component.
+    pub fn file_name(&self) -> String {
+        match self {
+            Location::Http(u) => u
+                .split(['?', '#'])
+                .next()
+                .unwrap_or(u)
+                .rsplit('/')
+                .next()
+                .unwrap_or(u)
+                .to_string(),
+            Location::Local(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The same location with `suffix` appended (e.g. the `.sha256` sibling).
+    pub fn with_suffix(&self, suffix: &str) -> Location {
+        match self {
+            Location::Http(u) => Location::Http(format!("{u}{suffix}")),
+            Location::Local(p) => {
+                let mut s = p.clone().into_os_string();
+                s.push(suffix);
+                Location::Local(PathBuf::from(s))
+            }
+        }
+    }
+
+    /// A child of this location taken as a directory (mirrors).
+    pub fn join(&self, rel: &str) -> Location {
+        match self {
+            Location::Http(u) => Location::Http(format!("{}/{rel}", u.trim_end_matches('/'))),
+            Location::Local(p) => Location::Local(p.join(rel)),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Http(u) => f.write_str(u),
+            Location::Local(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// What a download must hash to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// A pinned digest.
+    Sha256(String),
+    /// Whatever the `.sha256` file beside it says (required for HTTP).
+    Sibling,
+}
+
+/// A verified file.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    /// It was already in the cache (nothing was downloaded).
+    pub cached: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: the server answered {status}{hint}")]
+    Status {
+        url: String,
+        status: u16,
+        hint: String,
+    },
+    #[error("{url}: {message}")]
+    Network { url: String, message: String },
+    #[error(
+        "checksum mismatch for {what}:\n  expected sha256 {expected}\n  got      sha256 {actual}\nThe downloaded file was deleted. The source is serving a different file than the one pinned; check the URL and the pinned digest."
+    )]
+    Mismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "no checksum for {what}: {sibling} {reason}. Pin the digest in the cluster file ([image] sha256 = \"…\") or put a sha256sum-style file beside it"
+    )]
+    NoChecksum {
+        what: String,
+        sibling: String,
+        reason: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Interrupted(#[from] interrupt::Interrupted),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
+    move |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How many times a cut or failing download is resumed before giving up.
+const ATTEMPTS: u32 = 6;
+
+pub struct Fetcher {
+    client: reqwest::blocking::Client,
+    cache: Cache,
+    /// First retry delay; doubles each time.
+    pub retry_delay: Duration,
+}
+
+impl Fetcher {
+    pub fn new(cache: Cache) -> Result<Fetcher, FetchError> {
+        let client = reqwest::blocking::Client::builder()
+            .user_agent(concat!("picluster/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            // Per read, not for the whole body: large images take minutes.
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| FetchError::Network {
+                url: String::new(),
+                message: format!("cannot set up the HTTP client: {e}"),
+            })?;
+        Ok(Fetcher {
+            client,
+            cache,
+            retry_delay: Duration::from_secs(1),
+        })
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// A small text file (checksums, sums lists).
+    pub fn text(&self, loc: &Location) -> Result<String, FetchError> {
+        match loc {
+            Location::Local(p) => fs::read_to_string(p).map_err(io_err(p)),
+            Location::Http(url) => {
+                let resp = self.get(url, None)?;
+                let resp = check_status(url, resp)?;
+                resp.text().map_err(|e| net(url, e))
+            }
+        }
+    }
+
+    /// The digest a location must have, resolving [`Expect::Sibling`].
+    pub fn expected_digest(
+        &self,
+        loc: &Location,
+        expect: &Expect,
+    ) -> Result<Option<String>, FetchError> {
+        match expect {
+            Expect::Sha256(d) => Ok(Some(d.to_ascii_lowercase())),
+            Expect::Sibling => {
+                let sib = loc.with_suffix(".sha256");
+                let text = match (&sib, self.text(&sib)) {
+                    (_, Ok(t)) => t,
+                    (Location::Local(_), Err(FetchError::Io { source, .. }))
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
+                        // A local file with no checksum beside it: trust the user's file.
+                        return Ok(None);
+                    }
+                    (_, Err(e)) => {
+                        return Err(FetchError::NoChecksum {
+                            what: loc.to_string(),
+                            sibling: sib.to_string(),
+                            reason: first_line(&e.to_string()),
+                        });
+                    }
+                };
+                let name = loc.file_name();
+                digest::parse_sums(&text, Some(&name))
+                    .or_else(|| digest::parse_sums(&text, None))
+                    .map(Some)
+                    .ok_or_else(|| FetchError::NoChecksum {
+                        what: loc.to_string(),
+                        sibling: sib.to_string(),
+                        reason: "holds no SHA-256 digest".into(),
+                    })
+            }
+        }
+    }
+
+    /// Fetch `loc` and verify it. HTTP downloads are cached by digest; local
+    /// files are verified where they are.
+    pub fn fetch(
+        &self,
+        loc: &Location,
+        expect: &Expect,
+        label: &str,
+    ) -> Result<Fetched, FetchError> {
+        let expected = self.expected_digest(loc, expect)?;
+        match loc {
+            Location::Local(path) => {
+                let (sha256, size) = digest::file_sha256(path).map_err(io_err(path))?;
+                if let Some(e) = &expected
+                    && *e != sha256
+                {
+                    return Err(FetchError::Mismatch {
+                        what: path.display().to_string(),
+                        expected: e.clone(),
+                        actual: sha256,
+                    });
+                }
+                Ok(Fetched {
+                    path: path.clone(),
+                    sha256,
+                    size,
+                    cached: false,
+                })
+            }
+            Location::Http(url) => {
+                let expected = expected.expect("HTTP locations always have a digest");
+                let blob = self.cache.blob(&expected);
+                if let Ok(meta) = fs::metadata(&blob) {
+                    progress::step(format!("{label}: cached ({})", progress::size(meta.len())));
+                    return Ok(Fetched {
+                        path: blob,
+                        sha256: expected,
+                        size: meta.len(),
+                        cached: true,
+                    });
+                }
+                self.download(url, &expected, label)
+            }
+        }
+    }
+
+    fn get(&self, url: &str, from: Option<u64>) -> Result<reqwest::blocking::Response, FetchError> {
+        let mut req = self.client.get(url);
+        if let Some(off) = from.filter(|o| *o > 0) {
+            req = req.header(reqwest::header::RANGE, format!("bytes={off}-"));
+        }
+        req.send().map_err(|e| net(url, e))
+    }
+
+    fn download(&self, url: &str, expected: &str, label: &str) -> Result<Fetched, FetchError> {
+        let part = self.cache.partial(url);
+        let mut delay = self.retry_delay;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.download_attempt(url, &part, label) {
+                Ok(()) => break,
+                Err(
+                    e @ (FetchError::Network { .. } | FetchError::Status { status: 500.., .. }),
+                ) if attempt < ATTEMPTS => {
+                    let have = fs::metadata(&part).map_or(0, |m| m.len());
+                    progress::step(format!(
+                        "{label}: {} — resuming from {} in {}s (attempt {}/{ATTEMPTS})",
+                        first_line(&e.to_string()),
+                        progress::size(have),
+                        delay.as_secs(),
+                        attempt + 1
+                    ));
+                    std::thread::sleep(delay);
+                    interrupt::check()?;
+                    delay *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (actual, size) = digest::file_sha256(&part).map_err(io_err(&part))?;
+        if actual != expected {
+            let _ = fs::remove_file(&part);
+            return Err(FetchError::Mismatch {
+                what: url.to_string(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+        let blob = self.cache.blob(expected);
+        File::open(&part)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| fs::rename(&part, &blob))
+            .map_err(io_err(&blob))?;
+        progress::step(format!(
+            "{label}: downloaded and verified ({})",
+            progress::size(size)
+        ));
+        Ok(Fetched {
+            path: blob,
+            sha256: actual,
+            size,
+            cached: false,
+        })
+    }
+
+    /// One request, appending to the partial file from where it ends.
+    fn download_attempt(&self, url: &str, part: &Path, label: &str) -> Result<(), FetchError> {
+        let have = fs::metadata(part).map_or(0, |m| m.len());
+        let resp = self.get(url, Some(have))?;
+        let status = resp.status().as_u16();
+        let (offset, total) = match status {
+            206 => {
+                let range = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                match parse_content_range(&range) {
+                    Some((start, total)) if start == have => (have, total),
+                    _ => {
+                        // A range we did not ask for: start over.
+                        let _ = fs::remove_file(part);
+                        return Err(FetchError::Network {
+                            url: url.into(),
+                            message: format!("unexpected Content-Range \"{range}\""),
+                        });
+                    }
+                }
+            }
+            // Nothing left to fetch: the partial file is complete.
+            416 if have > 0 => return Ok(()),
+            200 => (0, resp.content_length()),
+            _ => {
+                check_status(url, resp)?;
+                unreachable!("check_status fails for non-success statuses");
+            }
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(offset == 0)
+            .append(offset > 0)
+            .open(part)
+            .map_err(io_err(part))?;
+        let bar = progress::bytes(total.unwrap_or(0), label);
+        bar.set_position(offset);
+        let mut body = resp;
+        let mut buf = vec![0u8; 256 << 10];
+        let mut got = offset;
+        loop {
+            interrupt::check()?;
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    bar.abandon();
+                    return Err(FetchError::Network {
+                        url: url.into(),
+                        message: format!("connection lost after {}: {e}", progress::size(got)),
+                    });
+                }
+            };
+            file.write_all(&buf[..n]).map_err(io_err(part))?;
+            got += n as u64;
+            bar.set_position(got);
+        }
+        file.flush().map_err(io_err(part))?;
+        bar.finish_and_clear();
+        if let Some(t) = total
+            && got < t
+        {
+            return Err(FetchError::Network {
+                url: url.into(),
+                message: format!(
+                    "connection closed after {} of {}",
+                    progress::size(got),
+                    progress::size(t)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn net(url: &str, e: reqwest::Error) -> FetchError {
+    // reqwest's Display omits the cause ("error sending request"); add it.
+    let mut message = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        src = s.source();
+    }
+    FetchError::Network {
+        url: url.to_string(),
+        message,
+    }
+}
+
+fn check_status(
+    url: &str,
+    resp: reqwest::blocking::Response,
+) -> Result<reqwest::blocking::Response, FetchError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let hint = match status.as_u16() {
+        404 => " (not found): check the URL, the version and the mirror layout".to_string(),
+        401 | 403 => " (access denied)".to_string(),
+        _ => String::new(),
+    };
+    Err(FetchError::Status {
+        url: url.to_string(),
+        status: status.as_u16(),
+        hint,
+    })
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL).
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        assert_eq!(
+            Location::parse("https://x/a/b.img.xz").file_name(),
+            "b.img.xz"
+        );
+        assert_eq!(
+            Location::parse("file:///tmp/b.img"),
+            Location::Local("/tmp/b.img".into())
+        );
+        assert_eq!(
+            Location::parse("rel/b.img"),
+            Location::Local("rel/b.img".into())
+        );
+        assert_eq!(
+            Location::parse("http://m/k3s")
+                .join("v1+k3s1/k3s-arm64")
+                .to_string(),
+            "http://m/k3s/v1+k3s1/k3s-arm64"
+        );
+        assert_eq!(
+            Location::parse("/a/b.xz")
+                .with_suffix(".sha256")
+                .to_string(),
+            "/a/b.xz.sha256"
+        );
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+}

@@ -1,0 +1,39 @@
+//! Ctrl-C handling. Long loops call [`check`] between chunks; an interrupted
+//! command unwinds normally, so temporary files are removed by their guards and
+//! no half-written image or download is ever left under its final name.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static INSTALL: Once = Once::new();
+
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted (Ctrl-C); nothing was left half-written")]
+pub struct Interrupted;
+
+/// Install the SIGINT/SIGTERM handler (idempotent). A second Ctrl-C exits at once.
+pub fn install() {
+    INSTALL.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupting: cleaning up (press Ctrl-C again to exit at once)");
+        });
+    });
+}
+
+/// `Err(Interrupted)` once Ctrl-C was pressed.
+pub fn check() -> Result<(), Interrupted> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        Err(Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// For tests: pretend Ctrl-C was pressed (or reset).
+pub fn simulate(on: bool) {
+    INTERRUPTED.store(on, Ordering::SeqCst);
+}

@@ -1,0 +1,427 @@
+//! `picluster build` end to end: a fixture base image served over HTTP with its
+//! `.sha256`, a K3s mirror on the same server, the real aarch64 agent; outputs
+//! checked with sfdisk, fsck.vfat, e2fsck, mtools, cmp and sha256sum.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::http::Server;
+use support::*;
+
+const VERSION: &str = "v1.33.5+k3s1";
+
+struct Setup {
+    dir: tempfile::TempDir,
+    server: Server,
+    base_img: PathBuf,
+}
+
+impl Setup {
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn cache(&self) -> PathBuf {
+        self.path("cache")
+    }
+    fn config(&self) -> PathBuf {
+        self.path("cluster/cluster.toml")
+    }
+    fn cmd(&self) -> Command {
+        picluster(&self.cache())
+    }
+    fn build(&self, out: &str, extra: &[&str]) -> Command {
+        let mut c = self.cmd();
+        c.arg("build")
+            .arg("-c")
+            .arg(self.config())
+            .arg("--out")
+            .arg(self.path(out))
+            .args(extra);
+        c
+    }
+}
+
+/// A cluster directory made by `picluster init`, pointed at the local server.
+fn setup(fixture_args: &[&str]) -> Setup {
+    let mut args = vec!["--xz"];
+    args.extend_from_slice(fixture_args);
+    let base_img = fixture(&args);
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    for f in ["base.img.xz", "base.img.xz.sha256"] {
+        std::fs::copy(base_img.with_file_name(f), www.join(f)).unwrap();
+    }
+    k3s_mirror(&www.join("k3s"), VERSION, 3 << 20);
+    let server = Server::start(&www);
+    let key = ssh_key(dir.path());
+    std::fs::write(dir.path().join("key.pub"), format!("{key}\n")).unwrap();
+    let s = Setup {
+        dir,
+        server,
+        base_img,
+    };
+    run(s
+        .cmd()
+        .arg("init")
+        .arg(s.path("cluster"))
+        .arg("--ssh-key")
+        .arg(s.path("key.pub")));
+    let text = std::fs::read_to_string(s.config()).unwrap();
+    let text = text
+        .replace(
+            "# k3s_mirror = \"https://mirror.lan/k3s\"",
+            &format!("k3s_mirror = \"{}\"", s.server.url("k3s")),
+        )
+        .replace(
+            "base = \"raspios-bookworm-arm64-lite\"",
+            &format!("url = \"{}\"", s.server.url("base.img.xz")),
+        );
+    std::fs::write(s.config(), text).unwrap();
+    s
+}
+
+fn mtype(part: &Path, name: &str) -> String {
+    run(Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(part)
+        .arg(format!("::/{name}")))
+}
+
+fn partitions(img: &Path) -> Vec<(u64, u64)> {
+    let dump = run(Command::new("sfdisk").arg("-J").arg(img));
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
+    let s = setup(&[]);
+    let out = s.path("out");
+    run(&mut s.build("out", &[]));
+    let names = entries(&out);
+    assert_eq!(
+        names,
+        [
+            "SHA256SUMS",
+            "build.json",
+            "pi-master.img",
+            "pi-worker-1.img",
+            "pi-worker-2.img",
+            "pi-worker-3.img"
+        ]
+    );
+    // Checksums hold, by sha256sum itself.
+    run(Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(&out));
+
+    let base_table = run(Command::new("sfdisk").arg("-d").arg(&s.base_img));
+    let base_cmdline = {
+        let (start, len) = partitions(&s.base_img)[0];
+        extract(&s.base_img, start, len, &s.path("base-p1"));
+        mtype(&s.path("base-p1"), "cmdline.txt")
+    };
+    for node in ["pi-master", "pi-worker-1"] {
+        let img = out.join(format!("{node}.img"));
+        // Partition table identical (disk identifier included).
+        let table = run(Command::new("sfdisk").arg("-d").arg(&img));
+        assert_eq!(
+            table.replace(img.to_str().unwrap(), "X"),
+            base_table.replace(s.base_img.to_str().unwrap(), "X")
+        );
+        let parts = partitions(&img);
+        let (p1, p2) = (s.path(&format!("{node}-p1")), s.path(&format!("{node}-p2")));
+        extract(&img, parts[0].0, parts[0].1, &p1);
+        extract(&img, parts[1].0, parts[1].1, &p2);
+        run(Command::new("fsck.vfat").arg("-n").arg(&p1));
+        run(Command::new("e2fsck").arg("-fn").arg(&p2));
+        // The root partition and everything before p1 are byte-identical to the base.
+        let base_p2 = s.path("base-p2");
+        extract(&s.base_img, parts[1].0, parts[1].1, &base_p2);
+        run(Command::new("cmp").arg(&p2).arg(&base_p2));
+        run(Command::new("cmp")
+            .arg("-n")
+            .arg(parts[0].0.to_string())
+            .arg(&img)
+            .arg(&s.base_img));
+
+        let cmdline = mtype(&p1, "cmdline.txt");
+        assert_eq!(cmdline.lines().count(), 1);
+        assert!(
+            cmdline.starts_with(base_cmdline.trim_end()),
+            "original tokens kept in order: {cmdline}"
+        );
+        let added = &cmdline[base_cmdline.trim_end().len()..];
+        assert!(
+            added.contains(" cgroup_enable=memory cgroup_memory=1 "),
+            "{added}"
+        );
+        assert!(
+            added.contains("systemd.run=\"/boot/firmware/picluster-node stage1\""),
+            "{added}"
+        );
+        assert!(!added.contains("firstboot"), "{added}");
+        let config = mtype(&p1, "config.txt");
+        assert!(config.contains("[pi5]\n") && config.contains("kernel=kernel8.img"));
+        assert_eq!(
+            config.contains("dtparam=pciex1"),
+            node == "pi-master",
+            "NVMe only for the nvme node"
+        );
+        let dir = run(Command::new("mdir")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-b", "-i"])
+            .arg(&p1)
+            .arg("::/"));
+        for f in [
+            "ssh",
+            "picluster-node",
+            "k3s-arm64",
+            "picluster-node.json",
+            "picluster-secrets.json",
+        ] {
+            assert!(
+                dir.lines()
+                    .any(|l| l.trim_end_matches('/').ends_with(&format!("/{f}"))),
+                "{f} missing: {dir}"
+            );
+        }
+        assert!(
+            !dir.contains("userconf.txt"),
+            "no password hash, no userconf.txt"
+        );
+        let bundle: serde_json::Value =
+            serde_json::from_str(&mtype(&p1, "picluster-node.json")).unwrap();
+        assert_eq!(bundle["node"]["name"], node);
+        let secrets = mtype(&p1, "picluster-secrets.json");
+        let config_yaml = serde_json::from_str::<serde_json::Value>(&secrets).unwrap()["files"][0]
+            ["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            config_yaml.contains("agent-token:"),
+            node == "pi-master",
+            "agents carry only the agent token"
+        );
+    }
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("build.json")).unwrap()).unwrap();
+    let base_sha =
+        std::fs::read_to_string(s.base_img.with_file_name("base.img.xz.sha256")).unwrap();
+    assert_eq!(
+        record["inputs"]["base"]["sha256"],
+        base_sha.split_whitespace().next().unwrap()
+    );
+    assert_eq!(record["inputs"]["k3s_version"], VERSION);
+    assert_eq!(record["outputs"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        record["outputs"][1]["sha256"].as_str().unwrap(),
+        sha256_file(&out.join("pi-worker-1.img"))
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(out.join("pi-master.img"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+
+    // inspect shows the node identity and the agent version, never secrets.
+    let shown = run(s.cmd().arg("inspect").arg(out.join("pi-worker-1.img")));
+    assert!(
+        shown.contains("pi-worker-1 (agent)") && shown.contains("picluster-node 0.1.0"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("bookworm") && shown.contains("arm64"),
+        "{shown}"
+    );
+    let secrets_toml = std::fs::read_to_string(s.path("cluster/secrets.toml")).unwrap();
+    for line in secrets_toml.lines().filter(|l| l.contains(" = ")) {
+        let value = line.split('"').nth(1).unwrap();
+        assert!(!shown.contains(value));
+    }
+}
+
+#[test]
+fn same_inputs_and_source_date_epoch_give_identical_images() {
+    let s = setup(&["--layout", "4mib"]);
+    for out in ["a", "b"] {
+        run(s
+            .build(out, &["--node", "pi-worker-2", "--compress", "xz"])
+            .env("SOURCE_DATE_EPOCH", "1750000000"));
+    }
+    let a = std::fs::read(s.path("a/SHA256SUMS")).unwrap();
+    assert_eq!(a, std::fs::read(s.path("b/SHA256SUMS")).unwrap());
+    assert_eq!(
+        std::fs::read(s.path("a/build.json")).unwrap(),
+        std::fs::read(s.path("b/build.json")).unwrap()
+    );
+    run(Command::new("cmp")
+        .arg(s.path("a/pi-worker-2.img.xz"))
+        .arg(s.path("b/pi-worker-2.img.xz")));
+    run(Command::new("xz")
+        .arg("-t")
+        .arg(s.path("a/pi-worker-2.img.xz")));
+    // The second build reused the cached base: no second download of the image.
+    assert_eq!(s.server.requests_for("base.img.xz").len(), 1);
+}
+
+#[test]
+fn compressed_outputs_decompress_to_the_raw_image() {
+    let s = setup(&[]);
+    let epoch = [("SOURCE_DATE_EPOCH", "1750000000")];
+    run(s.build("raw", &["--node", "pi-master"]).envs(epoch));
+    run(s
+        .build("gz", &["--node", "pi-master", "--compress", "gz"])
+        .envs(epoch));
+    run(Command::new("gzip")
+        .arg("-t")
+        .arg(s.path("gz/pi-master.img.gz")));
+    let raw = sha256_file(&s.path("raw/pi-master.img"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -dc {} | sha256sum",
+            s.path("gz/pi-master.img.gz").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&raw));
+    run(Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(s.path("gz")));
+}
+
+/// Each bad input fails with a message, and leaves no file in the output directory.
+#[test]
+fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
+    let s = setup(&[]);
+    let check = |what: &str, cmd: &mut Command, wanted: &[&str]| {
+        let err = fails(cmd);
+        for w in wanted {
+            assert!(err.contains(w), "{what}: message lacks {w:?}:\n{err}");
+        }
+        let left = entries(&s.path("out"));
+        assert!(left.is_empty(), "{what}: left {left:?}");
+    };
+    let trixie = fixture(&["--release", "trixie"]);
+    check(
+        "trixie base",
+        s.build("out", &["--base", trixie.to_str().unwrap()])
+            .arg("--node")
+            .arg("pi-master"),
+        &["trixie", "cloud-init", "raspios-bookworm-arm64-lite"],
+    );
+    let amd64 = fixture(&["--arch", "amd64"]);
+    check(
+        "amd64 base",
+        &mut s.build("out", &["--base", amd64.to_str().unwrap()]),
+        &["amd64", "not arm64"],
+    );
+    check(
+        "missing base",
+        &mut s.build("out", &["--base", &s.server.url("gone.img.xz")]),
+        &["gone.img.xz.sha256", "no checksum"],
+    );
+    check(
+        "unknown node",
+        &mut s.build("out", &["--node", "pi-worker-9"]),
+        &["no node named \"pi-worker-9\"", "pi-worker-1"],
+    );
+
+    // A pinned digest the server's file does not match.
+    let text = std::fs::read_to_string(s.config()).unwrap();
+    let url_line = format!("url = \"{}\"", s.server.url("base.img.xz"));
+    let pinned = text.replace(
+        &url_line,
+        &format!("sha256 = \"{}\"\n{url_line}", "ab".repeat(32)),
+    );
+    std::fs::write(s.config(), &pinned).unwrap();
+    check(
+        "checksum mismatch",
+        &mut s.build("out", &[]),
+        &["checksum mismatch", &"ab".repeat(32)],
+    );
+    std::fs::write(s.config(), &text).unwrap();
+
+    // Invalid cluster file.
+    std::fs::write(s.config(), text.replace("192.168.0.123", "192.168.0.121")).unwrap();
+    check(
+        "duplicate ip",
+        &mut s.build("out", &[]),
+        &[
+            "cluster.toml:",
+            "nodes[3].ip",
+            "already the address of nodes[1]",
+        ],
+    );
+    std::fs::write(s.config(), &text).unwrap();
+
+    // Missing secrets file.
+    std::fs::rename(s.path("cluster/secrets.toml"), s.path("secrets.bak")).unwrap();
+    check(
+        "no secrets",
+        &mut s.build("out", &[]),
+        &["secrets.toml", "missing", "picluster secrets -c"],
+    );
+    std::fs::rename(s.path("secrets.bak"), s.path("cluster/secrets.toml")).unwrap();
+
+    // Agent of the wrong architecture.
+    check(
+        "x86 agent",
+        s.build("out", &["--agent", "/bin/true"])
+            .env_remove("PICLUSTER_AGENT"),
+        &["/bin/true", "not an arm64 program"],
+    );
+}
+
+#[test]
+fn ctrl_c_leaves_no_half_written_image() {
+    let s = setup(&[]);
+    // Warm the cache so the build spends its time writing images.
+    run(&mut s.build("warm", &["--node", "pi-master"]));
+    let out = s.path("out");
+    let child = s
+        .build("out", &[])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        if entries(&out).iter().any(|n| n.ends_with(".partial")) {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "no partial file appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let result = child.wait_with_output().unwrap();
+    assert!(!result.status.success());
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert!(err.contains("interrupted"), "{err}");
+    let left: Vec<String> = entries(&out)
+        .into_iter()
+        .filter(|n| n != ".picluster-build.lock")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
