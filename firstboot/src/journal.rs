@@ -253,7 +253,8 @@ pub fn run_steps<C>(
         r.updated_at = now;
         let attempt = r.attempts;
         journal.save(host)?;
-        host.log.info(&format!(
+        // The outcome gets the step's one info line; the start is for the journal.
+        host.log.debug(&format!(
             "{stage} {}: starting{}",
             step.name,
             if attempt > 1 {

@@ -206,11 +206,7 @@ pub fn check_ready(host: &Host, bundle: &NodeBundle) -> std::result::Result<Stri
                 Ok(out) => {
                     return Err(format!(
                         "{service} is {}",
-                        out.stdout
-                            .trim()
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or("not active")
+                        out.stdout.split_whitespace().next().unwrap_or("not active")
                     ));
                 }
                 Err(e) => return Err(format!("{e:#}")),

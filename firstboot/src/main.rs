@@ -42,47 +42,44 @@ enum Command {
     },
 }
 
-fn host(cli: &Cli, log: Log) -> Result<Host> {
-    let boot = cli
-        .boot
-        .clone()
-        .unwrap_or_else(|| cli.root.join(BOOT_MOUNT.trim_start_matches('/')));
-    let mut host = Host::system(&cli.root, &boot, log);
-    if let Some(file) = &cli.record_commands {
-        let recorder = Arc::new(Recorder::to_file(file)?);
-        host.env = Arc::new(
-            SimulatedEnvironment::starting_at(SystemEnvironment.now()).recording(recorder.clone()),
-        );
-        host.runner = recorder;
+impl Cli {
+    fn boot_dir(&self) -> PathBuf {
+        self.boot
+            .clone()
+            .unwrap_or_else(|| self.root.join(BOOT_MOUNT.trim_start_matches('/')))
     }
-    Ok(host)
+
+    fn host(&self, log: Log) -> Result<Host> {
+        let mut host = Host::system(&self.root, &self.boot_dir(), log);
+        if let Some(file) = &self.record_commands {
+            let recorder = Arc::new(Recorder::to_file(file)?);
+            let clock = SimulatedEnvironment::starting_at(SystemEnvironment.now());
+            host.env = Arc::new(clock.recording(recorder.clone()));
+            host.runner = recorder;
+        }
+        Ok(host)
+    }
 }
 
-/// Runs the command; `Err(true)` when the error was already logged.
+/// Runs the command. The flag tells whether the error was already logged
+/// (the stages log their own failure, with what to do about it).
 fn run(cli: Cli) -> Result<(), (anyhow::Error, bool)> {
     let plain = |e: anyhow::Error| (e, false);
+    let logged = |e: anyhow::Error| (e, true);
+    let boot_log = Some(cli.boot_dir().join(boot_files::LOG));
     match cli.command {
         Command::Stage1 => {
-            let boot_log = cli
-                .boot
-                .clone()
-                .unwrap_or_else(|| cli.root.join(BOOT_MOUNT.trim_start_matches('/')))
-                .join(boot_files::LOG);
-            let console = cli.root.join("dev/console");
-            let host = host(&cli, Log::new(Some(boot_log), Some(console))).map_err(plain)?;
-            stage1::run(&host, None).map_err(|e| (e, true))?;
+            // Stage 1 has no login yet: its errors also go to the console.
+            let console = Some(cli.root.join("dev/console"));
+            let host = cli.host(Log::new(boot_log, console)).map_err(plain)?;
+            stage1::run(&host, None).map_err(logged)?;
         }
         Command::Stage2 => {
-            let boot_log = cli
-                .boot
-                .clone()
-                .unwrap_or_else(|| cli.root.join(BOOT_MOUNT.trim_start_matches('/')))
-                .join(boot_files::LOG);
-            let host = host(&cli, Log::new(Some(boot_log), None)).map_err(plain)?;
-            stage2::run(&host, None).map_err(|e| (e, true))?;
+            let host = cli.host(Log::new(boot_log, None)).map_err(plain)?;
+            stage2::run(&host, None).map_err(logged)?;
         }
         Command::Status { json } => {
-            let host = host(&cli, Log::new(None, None)).map_err(plain)?;
+            let host = cli.host(Log::new(None, None)).map_err(plain)?;
             let text = status::show(&Journal::path(&host), json).map_err(plain)?;
             print!("{text}");
         }
