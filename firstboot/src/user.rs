@@ -104,15 +104,12 @@ pub fn configure(host: &Host, plan: &UserPlan, password_hash: Option<&str>) -> R
         }
     }
 
-    let (groups, missing): (Vec<&String>, Vec<&String>) = plan
+    let (wanted, missing): (Vec<&str>, Vec<&str>) = plan
         .groups
         .iter()
-        .partition(|g| before.group(g).is_some() || g.as_str() == name);
-    let wanted: Vec<&str> = groups
-        .iter()
-        .filter(|g| g.as_str() != name)
-        .map(|g| g.as_str())
-        .collect();
+        .map(String::as_str)
+        .filter(|g| *g != name)
+        .partition(|g| before.group(g).is_some());
     // `-a` only adds: repeating it is harmless.
     if !wanted.is_empty() {
         host.run(
@@ -122,10 +119,9 @@ pub fn configure(host: &Host, plan: &UserPlan, password_hash: Option<&str>) -> R
     }
     done.push(format!("groups {}", wanted.join(",")));
     if !missing.is_empty() {
-        let m: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
         host.log.info(&format!(
             "groups not on this system, skipped: {}",
-            m.join(",")
+            missing.join(",")
         ));
     }
 

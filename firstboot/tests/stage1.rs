@@ -493,3 +493,51 @@ fn a_new_bundle_on_the_card_runs_stage1_again() {
         .unwrap();
     assert!(j.steps.iter().all(|r| r.attempts == 2), "{j:?}");
 }
+
+#[test]
+fn creates_the_user_when_the_image_has_no_first_user() {
+    if !["useradd", "usermod", "chpasswd"].iter().all(|t| have(t)) {
+        eprintln!("SKIPPED: shadow tools (useradd, usermod, chpasswd) are not installed");
+        return;
+    }
+    let f = Fixture::new(&alice_cluster(), "pi-worker-3");
+    // An image without `pi`: drop it from every account file.
+    for file in ["/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"] {
+        let kept: String = f
+            .read(file)
+            .lines()
+            .filter(|l| !l.starts_with("pi:"))
+            .map(|l| format!("{}\n", l.replace(":pi", ":")))
+            .collect();
+        std::fs::write(f.path(file), kept).unwrap();
+    }
+    std::fs::remove_dir_all(f.path("/home/pi")).unwrap();
+    let rec = Recorder::new();
+    let runner = Arc::new(AccountsForReal {
+        real: SystemRunner::new(&f.root),
+        rec,
+    });
+    stage1::run(&f.host_with(runner.clone()), None).unwrap();
+    let r = f.root.display().to_string();
+    assert_eq!(
+        runner.rec.lines()[0],
+        format!("useradd --prefix {r} -m -U -s /bin/bash -u 1000 alice")
+    );
+    let passwd = f.read("/etc/passwd");
+    assert!(
+        passwd.contains("\nalice:x:1000:1000::/home/alice:/bin/bash\n"),
+        "{passwd}"
+    );
+    assert!(f.read("/etc/group").contains("\nsudo:x:27:alice\n"));
+    assert!(
+        f.read("/etc/shadow")
+            .contains(&format!("\nalice:{PASSWORD_HASH}:"))
+    );
+    // useradd made the home (its mode follows login.defs); the keys are the user's.
+    assert_eq!(f.meta("/home/alice").1, 1000);
+    assert_eq!(f.meta("/home/alice/.ssh"), (0o700, 1000, 1000));
+    assert_eq!(
+        f.meta("/home/alice/.ssh/authorized_keys"),
+        (0o600, 1000, 1000)
+    );
+}
