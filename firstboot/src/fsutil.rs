@@ -182,11 +182,11 @@ pub fn install_verified(
     size: u64,
     perms: Perms,
 ) -> Result<Installed> {
-    if let Ok((sum, len)) = sha256_file(dest) {
-        if sum.eq_ignore_ascii_case(sha256) && len == size {
-            ensure_perms(dest, perms)?;
-            return Ok(Installed::AlreadyThere);
-        }
+    let in_place =
+        sha256_file(dest).is_ok_and(|(sum, len)| sum.eq_ignore_ascii_case(sha256) && len == size);
+    if in_place {
+        ensure_perms(dest, perms)?;
+        return Ok(Installed::AlreadyThere);
     }
     let mut input = File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
     let dir = dest

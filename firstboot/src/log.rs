@@ -133,16 +133,14 @@ impl Log {
         if let Some(path) = &self.boot_log {
             append_capped(path, &stamped);
         }
-        if level == Level::Error {
-            if let Some(console) = &self.console {
-                // Only an existing device: never create a file named console.
-                // When stderr is a terminal the message is already on screen.
-                if !std::io::stderr().is_terminal() {
-                    if let Ok(mut c) = OpenOptions::new().write(true).open(console) {
-                        let _ = write!(c, "\r\npicluster-node: {msg}\r\n");
-                    }
-                }
-            }
+        // When stderr is a terminal the message is already on screen.
+        let console = match &self.console {
+            Some(c) if level == Level::Error && !std::io::stderr().is_terminal() => c,
+            _ => return,
+        };
+        // Only an existing device: never create a file named console.
+        if let Ok(mut c) = OpenOptions::new().write(true).open(console) {
+            let _ = write!(c, "\r\npicluster-node: {msg}\r\n");
         }
     }
 }

@@ -89,11 +89,12 @@ pub fn configure(host: &Host, plan: &UserPlan, password_hash: Option<&str>) -> R
         done.push(format!("moved home {} to {home}", account.home));
     }
 
-    if let Some(g) = before.group_by_gid(account.gid) {
-        if g.name != name && before.group(name).is_none() {
-            host.run(host.shadow_tool("groupmod").args(["-n", name, &g.name]))?;
-            done.push(format!("renamed group {} to {name}", g.name));
-        }
+    let primary = before
+        .group_by_gid(account.gid)
+        .filter(|g| g.name != name && before.group(name).is_none());
+    if let Some(g) = primary {
+        host.run(host.shadow_tool("groupmod").args(["-n", name, &g.name]))?;
+        done.push(format!("renamed group {} to {name}", g.name));
     }
 
     for old in &old_names {
