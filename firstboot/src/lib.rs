@@ -1,4 +1,27 @@
-//! The picluster node agent (work in progress: see issue "Node agent").
+//! The picluster node agent, `picluster-node`: configures a freshly flashed
+//! Raspberry Pi from the bundle `picluster build` put on its boot partition,
+//! and joins it to the K3s cluster. Stage 1 runs once from the kernel command
+//! line (no network); stage 2 runs as a systemd service until the node is Ready.
+//!
+//! Every step acts through a [`host::Host`] (a root directory plus a command
+//! runner), is idempotent, and is recorded in a journal, so tests run each
+//! step against a temporary root and a node resumes after power loss.
+
+pub mod accounts;
+pub mod fsutil;
+pub mod host;
+pub mod journal;
+pub mod k3s;
+pub mod log;
+pub mod plan;
+pub mod stage1;
+pub mod stage2;
+pub mod status;
+pub mod timefmt;
+pub mod user;
+
+/// The agent's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Marker the workstation tool finds in the binary to learn the agent's version.
 #[used]
