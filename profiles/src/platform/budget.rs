@@ -425,8 +425,8 @@ impl fmt::Display for Budget {
         )?;
         writeln!(
             f,
-            "{:<20} {:<7} {:<5} {:>21} {:>18}  pods",
-            "node", "role", "disk", "memory used/left", "cpu used/left"
+            "{:<20} {:<7} {:<5} {:>24} {:>21}  pods",
+            "node", "role", "disk", "memory requested/free", "cpu requested/free"
         )?;
         for n in &self.nodes {
             let (m, c) = (n.mem_used(), n.cpu_used());
@@ -442,7 +442,7 @@ impl fmt::Display for Budget {
                 .collect();
             writeln!(
                 f,
-                "{:<20} {:<7} {:<5} {:>21} {:>18}  {}",
+                "{:<20} {:<7} {:<5} {:>24} {:>21}  {}",
                 n.node,
                 n.role.as_str(),
                 n.media.as_str(),
