@@ -94,6 +94,8 @@ fn dependencies_are_added_with_their_reason() {
         p.added.iter().map(|a| (a.component, a.needed_by)).collect();
     assert!(reasons.contains(&(Component::Postgresql, Component::Trino)));
     assert!(reasons.contains(&(Component::Seaweedfs, Component::Trino)));
+    let described = p.describe();
+    assert!(described.contains("(added: trino needs it)"), "{described}");
 
     // A chosen store is used, not the default one.
     let c = parse(&with_components("\"trino\", \"minio\"", "")).unwrap();

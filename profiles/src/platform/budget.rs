@@ -320,7 +320,7 @@ pub fn place(nodes: &[Node], pods: &[PodSpec], node_memory_mib: u32) -> Result<B
         .filter(|p| matches!(p.count, Count::Replicas(_)))
         .collect();
     // Largest first (stable, so equal sizes keep component order).
-    replicated.sort_by(|a, b| b.mem_mib.cmp(&a.mem_mib));
+    replicated.sort_by_key(|p| std::cmp::Reverse(p.mem_mib));
     for pod in replicated {
         let Count::Replicas(n) = pod.count else {
             continue;
@@ -430,11 +430,7 @@ impl fmt::Display for Budget {
         )?;
         for n in &self.nodes {
             let (m, c) = (n.mem_used(), n.cpu_used());
-            let pct = if n.mem_capacity_mib == 0 {
-                100
-            } else {
-                m * 100 / n.mem_capacity_mib
-            };
+            let pct = (m * 100).checked_div(n.mem_capacity_mib).unwrap_or(100);
             let pods: Vec<String> = n
                 .pods
                 .iter()

@@ -93,6 +93,20 @@ impl Platform {
             .find(|c| c.is_object_store())
     }
 
+    /// One line per component for `picluster plan`: what it is, and why it
+    /// was added when the cluster file did not list it.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for &c in &self.components {
+            out.push_str(&format!("{c:<13} {}", c.summary()));
+            if let Some(a) = self.added.iter().find(|a| a.component == c) {
+                out.push_str(&format!(" (added: {} needs it)", a.needed_by));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
     /// The per-node budget table `picluster plan` prints (empty selection: `None`).
     pub fn budget_table(&self) -> Option<&Budget> {
         (!self.is_empty()).then_some(&self.budget)
