@@ -487,4 +487,45 @@ fn schema_validation_of_every_selection() {
         text
     );
     assert!(text.contains("validated"), "{text}");
+
+    // The validator is not vacuous: a misspelt field, a Secret in a public
+    // file and an unverified chart value are each refused.
+    let bad = tempfile::tempdir().unwrap();
+    let c = parse(SAMPLE_CLUSTER).unwrap();
+    let ms = manifests(&c, &secrets_for(&c)).unwrap();
+    let get = |name: &str| {
+        ms.iter()
+            .find(|m| m.file_name == name)
+            .unwrap()
+            .content
+            .clone()
+    };
+    std::fs::write(
+        bad.path().join("picluster-nifi.yaml"),
+        get("picluster-nifi.yaml").replacen("serviceName: nifi", "serviceNme: nifi", 1),
+    )
+    .unwrap();
+    std::fs::write(
+        bad.path().join("picluster-leak.yaml"),
+        get("picluster-nifi-secrets.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        bad.path().join("picluster-trino.yaml"),
+        get("picluster-trino.yaml").replacen("    server:\n", "    sever:\n", 1),
+    )
+    .unwrap();
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("serviceNme"), "{text}");
+    assert!(
+        text.contains("a Secret outside a *-secrets.yaml file"),
+        "{text}"
+    );
+    assert!(text.contains("`sever."), "{text}");
 }
