@@ -252,7 +252,12 @@ impl Builder<'_, '_> {
         let network = self.network(raw.network.get_ref());
         let access = self.access(&raw.access);
         let nodes = self.nodes(&raw.nodes, network.as_ref());
-        let platform = Platform::from_table(raw.platform.as_ref(), self.src);
+        let platform = Platform::from_table(
+            raw.platform.as_ref(),
+            self.src,
+            nodes.as_deref(),
+            network.as_ref(),
+        );
 
         let (network, nodes) = (network?, nodes?);
         let api_endpoint = match api_endpoint {

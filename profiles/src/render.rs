@@ -10,7 +10,9 @@ use crate::bundle::{
     BOOT_MOUNT, BUNDLE_FORMAT, BootAsset, FileSpec, K3sPlan, NodeBundle, NodeIdentity, NodeSecrets,
     Phase, UserPlan, boot_files, node_paths,
 };
-use crate::cluster::{Cluster, Node, Role};
+use crate::cluster::{Cluster, Media, Node, Role};
+use crate::error::Error;
+use crate::platform::{self, Component};
 use crate::secrets::Secrets;
 
 /// Arguments that stay on the kernel command line for good: K3s needs the
@@ -58,13 +60,14 @@ const USER_GROUPS: &[&str] = &[
     "netdev", "gpio", "i2c", "spi",
 ];
 
-/// The bundle and secrets for one node.
+/// The bundle and secrets for one node. Fails only when `secrets.toml` lacks
+/// data-platform secrets the selection needs (see [`Secrets::fill_platform`]).
 pub fn render_node(
     cluster: &Cluster,
     secrets: &Secrets,
     node: &Node,
     inputs: &RenderInputs,
-) -> (NodeBundle, NodeSecrets) {
+) -> Result<(NodeBundle, NodeSecrets), Error> {
     let server_url = format!("https://{}:6443", cluster.api_endpoint);
     let identity = NodeIdentity {
         name: node.name.clone(),
@@ -150,7 +153,7 @@ pub fn render_node(
         String::new(),
     ));
 
-    let secret_files = vec![
+    let mut secret_files = vec![
         FileSpec::root(
             node_paths::K3S_CONFIG,
             0o600,
@@ -164,6 +167,29 @@ pub fn render_node(
             secrets.node_password(&node.name),
         ),
     ];
+
+    // The first server drops the data-platform manifests into K3s's
+    // auto-deploy directory once it is Ready; Secrets stay in the node secrets.
+    if node.init {
+        for m in platform::manifests(cluster, secrets)? {
+            let (list, mode) = if m.secret {
+                (&mut secret_files, 0o600)
+            } else {
+                (&mut files, 0o644)
+            };
+            list.push(FileSpec::root(
+                &m.path(),
+                mode,
+                Phase::AfterReady,
+                m.content,
+            ));
+        }
+    }
+    let apt_packages = if cluster.platform.has(Component::Longhorn) {
+        vec!["open-iscsi".to_string()]
+    } else {
+        Vec::new()
+    };
 
     let bundle = NodeBundle {
         format: BUNDLE_FORMAT,
@@ -185,7 +211,7 @@ pub fn render_node(
             binary: inputs.k3s_binary.clone(),
             airgap_images: inputs.k3s_airgap.clone(),
         },
-        apt_packages: Vec::new(),
+        apt_packages,
         stage1_kernel_args: stage1_kernel_args(),
         files,
     };
@@ -195,7 +221,7 @@ pub fn render_node(
         password_hash: access.password_hash.clone(),
         files: secret_files,
     };
-    (bundle, node_secrets)
+    Ok((bundle, node_secrets))
 }
 
 fn hosts(cluster: &Cluster, node: &Node) -> String {
@@ -370,11 +396,15 @@ fn k3s_config(cluster: &Cluster, secrets: &Secrets, node: &Node) -> String {
     let _ = writeln!(y, "node-name: {}", yaml_str(&node.name));
     let _ = writeln!(y, "node-ip: {}", yaml_str(&node.ip.to_string()));
     let _ = writeln!(y, "flannel-iface: {}", yaml_str(&cluster.network.interface));
-    let labels: Vec<String> = node
+    let mut labels: Vec<String> = node
         .labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
+    // Longhorn creates its disks only on labelled nodes: the NVMe ones.
+    if cluster.platform.has(Component::Longhorn) && node.media == Media::Nvme {
+        labels.push("node.longhorn.io/create-default-disk=true".to_string());
+    }
     yaml_list(&mut y, "node-label", &labels);
     yaml_list(&mut y, "node-taint", &node.taints);
     if node.role == Role::Server {
@@ -391,6 +421,14 @@ fn k3s_config(cluster: &Cluster, secrets: &Secrets, node: &Node) -> String {
         sans.dedup();
         yaml_list(&mut y, "tls-san", &sans);
         y.push_str("write-kubeconfig-mode: \"0600\"\n");
+        // MetalLB answers for LoadBalancer services instead of ServiceLB.
+        if cluster.platform.has(Component::Metallb) {
+            yaml_list(&mut y, "disable", &["servicelb".to_string()]);
+        }
+        // kube-prometheus-stack scrapes etcd on :2381.
+        if cluster.platform.has(Component::Monitoring) {
+            y.push_str("etcd-expose-metrics: true\n");
+        }
     }
     y
 }

@@ -14,6 +14,7 @@ use sha2::Sha256;
 
 use crate::cluster::hex;
 use crate::error::{Error, Source};
+use crate::platform::Platform;
 
 pub const SECRETS_FILE_NAME: &str = "secrets.toml";
 
@@ -173,6 +174,46 @@ impl Secrets {
             })
     }
 
+    /// Add the data-platform secrets the selection needs and `secrets.toml`
+    /// lacks, with fresh random values. Existing values are never changed, so
+    /// re-running keeps the cluster's credentials. Returns the names added.
+    pub fn fill_platform(&mut self, platform: &Platform) -> Result<Vec<String>, Error> {
+        let fresh = crate::platform::manifests::generate_missing(platform, &self.platform)?;
+        let names = fresh.iter().map(|(k, _)| k.clone()).collect();
+        self.platform.extend(fresh);
+        Ok(names)
+    }
+
+    /// Replace an existing secrets file: written to a temporary file (0600) in
+    /// the same directory, synced, then renamed over the old one, so a crash
+    /// never leaves a half-written file.
+    pub fn rewrite(&self, path: &Path, cluster_name: &str) -> Result<(), Error> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let tmp = dir.join(format!(".{SECRETS_FILE_NAME}.{}.tmp", std::process::id()));
+        let write_err = |source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let result = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(self.to_toml(cluster_name).as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(write_err)
+    }
+
     pub fn to_toml(&self, cluster_name: &str) -> String {
         let body = toml::to_string(self).expect("secrets serialise");
         format!(
@@ -236,6 +277,36 @@ mod tests {
             msg.contains("mode 0644") && msg.contains("chmod 600"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn platform_secrets_are_filled_once_and_rewritten_privately() {
+        let cluster =
+            crate::Cluster::parse(Path::new("cluster.toml"), crate::SAMPLE_CLUSTER).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SECRETS_FILE_NAME);
+        let mut s = Secrets::generate().unwrap();
+        s.write_new(&path, "homelab").unwrap();
+        let added = s.fill_platform(&cluster.platform).unwrap();
+        assert!(added.contains(&"nifi-password".to_string()), "{added:?}");
+        assert!(
+            added.contains(&"postgresql-password".to_string()),
+            "{added:?}"
+        );
+        let before = s.platform.clone();
+        assert!(s.fill_platform(&cluster.platform).unwrap().is_empty());
+        assert_eq!(s.platform, before, "existing values are kept");
+        s.rewrite(&path, "homelab").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let loaded = Secrets::load(&path, &dir.path().join("cluster.toml")).unwrap();
+        assert_eq!(loaded.platform, before);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+        assert!(!format!("{s:?}").contains(&before["nifi-password"]));
     }
 
     #[test]

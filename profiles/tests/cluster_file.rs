@@ -220,8 +220,11 @@ fn bad_values_elsewhere() {
         &["image.extra_kernel_args[0]", "firstboot"],
     );
     expect_err(
-        &sample_with("components = []", "components = [\"trino\"]"),
-        &["platform.components"],
+        &sample_with("components = [\"postgresql\"", "components = [\"trinity\""),
+        &[
+            "platform.components[0]",
+            "\"trinity\" is not a data-platform component",
+        ],
     );
 }
 

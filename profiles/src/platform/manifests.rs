@@ -1,0 +1,632 @@
+//! Rendering the data-platform manifests the first server drops into K3s's
+//! auto-deploy directory. Templates are the files in `overlays/`, embedded in
+//! the binary; `@@name@@` placeholders are replaced by JSON values (YAML flow
+//! style), so a substituted value can never break the surrounding YAML.
+//!
+//! Every component yields a public file (HelmChart resources, workloads) and,
+//! when it has credentials, a secrets file with its Namespace and Kubernetes
+//! Secrets. Secrets files go into [`crate::NodeSecrets`] only.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::budget::sizes;
+use super::catalog::{self, Chart, Component};
+use super::chart_archive::chart_tgz;
+use super::{Platform, Settings};
+use crate::bundle::node_paths::MANIFESTS_DIR;
+use crate::cluster::Cluster;
+use crate::error::{Error, Problem};
+use crate::secrets::{Secrets, random_hex, secrets_path};
+
+/// One file for `/var/lib/rancher/k3s/server/manifests/`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub component: Component,
+    /// `picluster-<component>.yaml` or `picluster-<component>-secrets.yaml`.
+    pub file_name: String,
+    pub content: String,
+    /// Holds Kubernetes Secrets: node secrets only, never the public bundle.
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for Manifest {
+    // Secret manifests hold credentials: show their size only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("file_name", &self.file_name)
+            .field("secret", &self.secret)
+            .field("bytes", &self.content.len())
+            .finish()
+    }
+}
+
+impl Manifest {
+    /// Absolute path on the first server.
+    pub fn path(&self) -> String {
+        format!("{MANIFESTS_DIR}/{}", self.file_name)
+    }
+}
+
+/// Keys of `secrets.toml`'s `[platform]` map.
+pub mod keys {
+    pub const POSTGRESQL_PASSWORD: &str = "postgresql-password";
+    pub const S3_ACCESS_KEY: &str = "s3-access-key";
+    pub const S3_SECRET_KEY: &str = "s3-secret-key";
+    pub const NIFI_PASSWORD: &str = "nifi-password";
+    pub const NIFI_SENSITIVE_KEY: &str = "nifi-sensitive-key";
+    pub const GRAFANA_ADMIN_PASSWORD: &str = "grafana-admin-password";
+    pub const JUPYTER_TOKEN: &str = "jupyter-token";
+}
+
+/// The platform secrets a selection needs, with the number of random bytes
+/// each is generated from (hex-encoded: twice as many characters).
+pub fn secret_specs(platform: &Platform) -> Vec<(&'static str, usize)> {
+    let mut out = Vec::new();
+    if platform.has(Component::Postgresql) {
+        out.push((keys::POSTGRESQL_PASSWORD, 16));
+    }
+    if platform.object_store().is_some() {
+        out.push((keys::S3_ACCESS_KEY, 10));
+        out.push((keys::S3_SECRET_KEY, 20));
+    }
+    if platform.has(Component::Nifi) {
+        // NiFi wants at least 12 characters for both.
+        out.push((keys::NIFI_PASSWORD, 16));
+        out.push((keys::NIFI_SENSITIVE_KEY, 16));
+    }
+    if platform.has(Component::Monitoring) {
+        out.push((keys::GRAFANA_ADMIN_PASSWORD, 16));
+    }
+    if platform.has(Component::Jupyter) {
+        out.push((keys::JUPYTER_TOKEN, 24));
+    }
+    out
+}
+
+/// Fresh values for the platform secrets missing from `existing`.
+pub fn generate_missing(
+    platform: &Platform,
+    existing: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    for (name, bytes) in secret_specs(platform) {
+        if !existing.contains_key(name) {
+            out.push((name.to_string(), random_hex(bytes)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Replace `@@name@@` placeholders.
+fn fill(template: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(template.len() + 1024);
+    let mut rest = template;
+    while let Some(start) = rest.find("@@") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("@@") {
+            Some(end) if vars.contains_key(&after[..end]) => {
+                out.push_str(&vars[&after[..end]]);
+                rest = &after[end + 2..];
+            }
+            // Unknown placeholders stay visible; tests refuse any left over.
+            _ => {
+                out.push_str("@@");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn resources(mem_mib: u32, cpu_m: u32) -> String {
+    let limit = (cpu_m * 4).clamp(500, 4000);
+    json!({
+        "requests": {"memory": format!("{mem_mib}Mi"), "cpu": format!("{cpu_m}m")},
+        "limits": {"memory": format!("{mem_mib}Mi"), "cpu": format!("{limit}m")},
+    })
+    .to_string()
+}
+
+fn size(s: sizes::Size) -> String {
+    resources(s.0, s.1)
+}
+
+fn jstr(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+fn mib_of(quantity: &str) -> u32 {
+    let (n, mult) = match quantity {
+        q if q.ends_with("Ti") => (&q[..q.len() - 2], 1024 * 1024),
+        q if q.ends_with("Gi") => (&q[..q.len() - 2], 1024),
+        q if q.ends_with("Mi") => (&q[..q.len() - 2], 1),
+        _ => ("0", 0),
+    };
+    n.parse::<u32>().unwrap_or(0).saturating_mul(mult)
+}
+
+/// Trino's memory split for a container of `container_mib`: the heap is 65%
+/// (the rest holds the 256 MiB code cache, metaspace, threads and direct
+/// buffers); of the heap, 25% is headroom for untracked allocations and 50%
+/// the per-query limit, so `max-memory-per-node + headroom < -Xmx`.
+pub fn trino_memory(container_mib: u32) -> (u32, u32, u32) {
+    let heap = container_mib * 65 / 100 / 64 * 64;
+    (heap, heap / 4, heap / 2)
+}
+
+struct Ctx<'a> {
+    cluster: &'a Cluster,
+    platform: &'a Platform,
+    secrets: &'a BTreeMap<String, String>,
+}
+
+impl Ctx<'_> {
+    fn secret(&self, key: &str) -> String {
+        self.secrets.get(key).cloned().unwrap_or_default()
+    }
+
+    fn settings(&self, c: Component) -> &Settings {
+        &self.platform.settings[&c]
+    }
+
+    /// Prefer the nodes the budget placed `id` on (a hint, not a pin: the
+    /// scheduler still moves pods when a node is gone).
+    fn node_affinity(&self, id: &str) -> Value {
+        let mut hosts: Vec<&str> = self.platform.budget.nodes_of(id);
+        hosts.dedup();
+        if hosts.is_empty() {
+            return json!({});
+        }
+        json!({
+            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "preference": {"matchExpressions": [{
+                    "key": "kubernetes.io/hostname", "operator": "In", "values": hosts
+                }]}
+            }]
+        })
+    }
+
+    fn affinity(&self, id: &str) -> String {
+        let na = self.node_affinity(id);
+        if na == json!({}) {
+            "{}".into()
+        } else {
+            json!({ "nodeAffinity": na }).to_string()
+        }
+    }
+
+    fn chart(&self, vars: &mut BTreeMap<String, String>, prefix: &str, chart: Chart) {
+        let p = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}_")
+        };
+        vars.insert(format!("{p}repo"), jstr(chart.repo));
+        vars.insert(format!("{p}version"), jstr(chart.version));
+    }
+
+    fn base_vars(&self, c: Component) -> BTreeMap<String, String> {
+        let s = self.settings(c);
+        let mut v = BTreeMap::new();
+        v.insert("sel".into(), json!(s.node_selector).to_string());
+        v.insert("replicas".into(), s.replicas.to_string());
+        v.insert("storage".into(), jstr(&s.storage));
+        v.insert(
+            "gomemlimit".into(),
+            format!("{}MiB", s.memory_mib * 80 / 100),
+        );
+        for pod in super::budget::pods(&[c], &self.platform.settings) {
+            v.insert(format!("aff.{}", pod.id), self.affinity(pod.id));
+            v.insert(
+                format!("nodeaff.{}", pod.id),
+                self.node_affinity(pod.id).to_string(),
+            );
+        }
+        v
+    }
+
+    fn s3_endpoint(&self) -> &'static str {
+        "http://s3.s3.svc.cluster.local:9000"
+    }
+
+    /// The public manifest of a component.
+    fn public(&self, c: Component) -> String {
+        let s = self.settings(c);
+        let mut v = self.base_vars(c);
+        let main = resources(s.memory_mib, s.cpu_m);
+        let template = match c {
+            Component::Postgresql => {
+                self.chart(&mut v, "cnpg", catalog::CNPG_OPERATOR);
+                self.chart(&mut v, "cluster", catalog::CNPG_CLUSTER);
+                v.insert("pg_major".into(), catalog::POSTGRESQL_MAJOR.into());
+                v.insert("res.cnpg-operator".into(), size(sizes::CNPG_OPERATOR));
+                v.insert("res.postgresql".into(), main);
+                v.insert(
+                    "pg_shared_buffers".into(),
+                    format!("{}MB", s.memory_mib / 4),
+                );
+                v.insert("pg_cache".into(), format!("{}MB", s.memory_mib / 2));
+                v.insert(
+                    "monitoring".into(),
+                    self.platform.has(Component::Monitoring).to_string(),
+                );
+                include_str!("../../../overlays/postgresql.yaml")
+            }
+            Component::Seaweedfs => {
+                v.insert("image".into(), jstr(catalog::SEAWEEDFS_IMAGE));
+                v.insert("res.seaweedfs".into(), main);
+                include_str!("../../../overlays/seaweedfs.yaml")
+            }
+            Component::Minio => {
+                v.insert("image".into(), jstr(catalog::MINIO_IMAGE));
+                v.insert("res.minio".into(), main);
+                include_str!("../../../overlays/minio.yaml")
+            }
+            Component::Trino => {
+                self.chart(&mut v, "", catalog::TRINO);
+                let (ch, chr, cpn) = trino_memory(sizes::TRINO_COORDINATOR.0);
+                let (wh, whr, wpn) = trino_memory(s.memory_mib);
+                v.insert("coord_heap".into(), format!("{ch}M"));
+                v.insert("coord_headroom".into(), format!("{chr}MB"));
+                v.insert("coord_per_node".into(), format!("{cpn}MB"));
+                v.insert("worker_heap".into(), format!("{wh}M"));
+                v.insert("worker_headroom".into(), format!("{whr}MB"));
+                v.insert("worker_per_node".into(), format!("{wpn}MB"));
+                v.insert("query_max_memory".into(), format!("{}MB", wpn * s.replicas));
+                v.insert(
+                    "res.trino-coordinator".into(),
+                    size(sizes::TRINO_COORDINATOR),
+                );
+                v.insert("res.trino-worker".into(), main);
+                include_str!("../../../overlays/trino.yaml")
+            }
+            Component::Nifi => {
+                v.insert("image".into(), jstr(catalog::NIFI_IMAGE));
+                v.insert("heap".into(), format!("{}m", s.memory_mib / 2));
+                v.insert("res.nifi".into(), main);
+                include_str!("../../../overlays/nifi.yaml")
+            }
+            Component::Jupyter => {
+                v.insert("image".into(), jstr(catalog::JUPYTER_IMAGE));
+                v.insert("pip".into(), catalog::JUPYTER_PIP_PACKAGES.into());
+                let trino = if self.platform.has(Component::Trino) {
+                    "trino.trino.svc.cluster.local"
+                } else {
+                    ""
+                };
+                v.insert("trino_host".into(), trino.into());
+                v.insert("res.jupyter".into(), main);
+                include_str!("../../../overlays/jupyter.yaml")
+            }
+            Component::Monitoring => {
+                self.chart(&mut v, "", catalog::KUBE_PROMETHEUS_STACK);
+                let endpoints: Vec<String> =
+                    self.cluster.servers().map(|n| n.ip.to_string()).collect();
+                v.insert("etcd_endpoints".into(), json!(endpoints).to_string());
+                v.insert(
+                    "retention_size".into(),
+                    format!("{}MB", mib_of(&s.storage) * 80 / 100),
+                );
+                v.insert("res.prometheus".into(), main);
+                v.insert("res.config-reloader".into(), size(sizes::CONFIG_RELOADER));
+                v.insert(
+                    "res.prometheus-operator".into(),
+                    size(sizes::PROMETHEUS_OPERATOR),
+                );
+                v.insert("res.alertmanager".into(), size(sizes::ALERTMANAGER));
+                v.insert(
+                    "res.kube-state-metrics".into(),
+                    size(sizes::KUBE_STATE_METRICS),
+                );
+                v.insert("res.node-exporter".into(), size(sizes::NODE_EXPORTER));
+                v.insert("res.grafana".into(), size(sizes::GRAFANA));
+                v.insert("res.grafana-sidecar".into(), size(sizes::GRAFANA_SIDECAR));
+                let datasources = if self.platform.has(Component::Logs) {
+                    json!([{
+                        "name": "Loki", "type": "loki", "access": "proxy",
+                        "url": "http://loki.logging.svc.cluster.local:3100"
+                    }])
+                } else {
+                    json!([])
+                };
+                v.insert("grafana_datasources".into(), datasources.to_string());
+                include_str!("../../../overlays/monitoring.yaml")
+            }
+            Component::Logs => {
+                self.chart(&mut v, "loki", catalog::LOKI);
+                self.chart(&mut v, "alloy", catalog::ALLOY);
+                v.insert("res.loki".into(), main);
+                v.insert("res.alloy".into(), size(sizes::ALLOY));
+                v.insert("res.alloy-reloader".into(), size(sizes::ALLOY_RELOADER));
+                include_str!("../../../overlays/logs.yaml")
+            }
+            Component::Metallb => {
+                self.chart(&mut v, "", catalog::METALLB);
+                v.insert(
+                    "res.metallb-controller".into(),
+                    size(sizes::METALLB_CONTROLLER),
+                );
+                v.insert("res.metallb-speaker".into(), size(sizes::METALLB_SPEAKER));
+                let mut pool_vars = BTreeMap::new();
+                pool_vars.insert(
+                    "addresses".to_string(),
+                    json!(self.platform.metallb_addresses).to_string(),
+                );
+                let pool = fill(
+                    include_str!("../../../overlays/metallb-pool.yaml"),
+                    &pool_vars,
+                );
+                let tgz = chart_tgz(
+                    "picluster-metallb-pool",
+                    &[
+                        (
+                            "Chart.yaml",
+                            "apiVersion: v2\nname: picluster-metallb-pool\ndescription: MetalLB address pool rendered by picluster\nversion: 1.0.0\n".to_string(),
+                        ),
+                        ("templates/pool.yaml", pool),
+                    ],
+                );
+                v.insert(
+                    "pool_chart".into(),
+                    jstr(&base64::engine::general_purpose::STANDARD.encode(tgz)),
+                );
+                include_str!("../../../overlays/metallb.yaml")
+            }
+            Component::CertManager => {
+                self.chart(&mut v, "", catalog::CERT_MANAGER);
+                v.insert(
+                    "res.cert-manager".into(),
+                    size(sizes::CERT_MANAGER_CONTROLLER),
+                );
+                v.insert(
+                    "res.cert-manager-webhook".into(),
+                    size(sizes::CERT_MANAGER_WEBHOOK),
+                );
+                v.insert(
+                    "res.cert-manager-cainjector".into(),
+                    size(sizes::CERT_MANAGER_CAINJECTOR),
+                );
+                include_str!("../../../overlays/cert-manager.yaml")
+            }
+            Component::Longhorn => {
+                self.chart(&mut v, "", catalog::LONGHORN);
+                v.insert("res.longhorn-manager".into(), size(sizes::LONGHORN_MANAGER));
+                include_str!("../../../overlays/longhorn.yaml")
+            }
+        };
+        fill(template, &v)
+    }
+
+    fn namespace(&self, name: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "picluster"}}
+        })
+    }
+
+    fn secret_obj(&self, ns: &str, name: &str, kind: &str, data: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": kind,
+            "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/part-of": "picluster"}},
+            "stringData": data
+        })
+    }
+
+    /// Connection variables for clients of PostgreSQL and S3 (Trino, NiFi).
+    fn connections(&self, data: &mut serde_json::Map<String, Value>) {
+        if self.platform.has(Component::Postgresql) {
+            data.insert(
+                "PG_HOST".into(),
+                json!("postgresql-rw.postgresql.svc.cluster.local"),
+            );
+            data.insert("PG_DATABASE".into(), json!("lake"));
+            data.insert("PG_USER".into(), json!("lake"));
+            data.insert(
+                "PG_PASSWORD".into(),
+                json!(self.secret(keys::POSTGRESQL_PASSWORD)),
+            );
+        }
+        if self.platform.object_store().is_some() {
+            data.insert("S3_ENDPOINT".into(), json!(self.s3_endpoint()));
+            data.insert(
+                "S3_ACCESS_KEY".into(),
+                json!(self.secret(keys::S3_ACCESS_KEY)),
+            );
+            data.insert(
+                "S3_SECRET_KEY".into(),
+                json!(self.secret(keys::S3_SECRET_KEY)),
+            );
+        }
+    }
+
+    /// The Secrets of a component (with their Namespace first), if it has any.
+    fn secret_docs(&self, c: Component) -> Vec<Value> {
+        let ns = c.namespace();
+        let secret = match c {
+            Component::Postgresql => self.secret_obj(
+                ns,
+                "postgresql-app",
+                "kubernetes.io/basic-auth",
+                json!({"username": "lake", "password": self.secret(keys::POSTGRESQL_PASSWORD)}),
+            ),
+            Component::Seaweedfs => {
+                let config = json!({"identities": [{
+                    "name": "picluster",
+                    "credentials": [{
+                        "accessKey": self.secret(keys::S3_ACCESS_KEY),
+                        "secretKey": self.secret(keys::S3_SECRET_KEY)
+                    }],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"]
+                }]});
+                self.secret_obj(ns, "s3-config", "Opaque", json!({"s3.json": config.to_string()}))
+            }
+            Component::Minio => self.secret_obj(
+                ns,
+                "s3-credentials",
+                "Opaque",
+                json!({
+                    "MINIO_ROOT_USER": self.secret(keys::S3_ACCESS_KEY),
+                    "MINIO_ROOT_PASSWORD": self.secret(keys::S3_SECRET_KEY)
+                }),
+            ),
+            Component::Trino => {
+                let mut data = serde_json::Map::new();
+                self.connections(&mut data);
+                self.secret_obj(ns, "trino-connections", "Opaque", Value::Object(data))
+            }
+            Component::Nifi => {
+                let mut data = serde_json::Map::new();
+                data.insert("SINGLE_USER_CREDENTIALS_USERNAME".into(), json!("admin"));
+                data.insert(
+                    "SINGLE_USER_CREDENTIALS_PASSWORD".into(),
+                    json!(self.secret(keys::NIFI_PASSWORD)),
+                );
+                data.insert(
+                    "NIFI_SENSITIVE_PROPS_KEY".into(),
+                    json!(self.secret(keys::NIFI_SENSITIVE_KEY)),
+                );
+                self.connections(&mut data);
+                self.secret_obj(ns, "nifi-env", "Opaque", Value::Object(data))
+            }
+            Component::Jupyter => self.secret_obj(
+                ns,
+                "jupyter-env",
+                "Opaque",
+                json!({
+                    "JUPYTER_TOKEN": self.secret(keys::JUPYTER_TOKEN),
+                    "AWS_ACCESS_KEY_ID": self.secret(keys::S3_ACCESS_KEY),
+                    "AWS_SECRET_ACCESS_KEY": self.secret(keys::S3_SECRET_KEY)
+                }),
+            ),
+            Component::Monitoring => self.secret_obj(
+                ns,
+                "grafana-admin",
+                "Opaque",
+                json!({"admin-user": "admin", "admin-password": self.secret(keys::GRAFANA_ADMIN_PASSWORD)}),
+            ),
+            Component::Logs
+            | Component::Metallb
+            | Component::CertManager
+            | Component::Longhorn => return Vec::new(),
+        };
+        vec![self.namespace(ns), secret]
+    }
+}
+
+fn yaml_stream(header: &str, docs: &[Value]) -> String {
+    let mut out = String::from(header);
+    for d in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_json::to_string_pretty(d).expect("JSON values serialise"));
+        out.push('\n');
+    }
+    out
+}
+
+/// Every manifest of the cluster's platform selection, public files and
+/// secrets files, in component order. Fails when `secrets.toml` lacks a
+/// platform secret (fill them first with [`Secrets::fill_platform`]).
+pub fn manifests(cluster: &Cluster, secrets: &Secrets) -> Result<Vec<Manifest>, Error> {
+    let platform = &cluster.platform;
+    let missing: Vec<&str> = secret_specs(platform)
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !secrets.platform.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Invalid(vec![Problem {
+            file: secrets_path(&cluster.path),
+            line: None,
+            field: "platform".into(),
+            message: format!(
+                "the data-platform secrets {} are missing",
+                missing.join(", ")
+            ),
+            hint: Some(format!(
+                "run `picluster secrets -c {}` to add them (existing values are kept)",
+                cluster.path.display()
+            )),
+        }]));
+    }
+    let short: Vec<&str> = [keys::NIFI_PASSWORD, keys::NIFI_SENSITIVE_KEY]
+        .into_iter()
+        .filter(|k| secrets.platform.get(*k).is_some_and(|v| v.len() < 12))
+        .collect();
+    if !short.is_empty() {
+        return Err(Error::Invalid(vec![Problem {
+            file: secrets_path(&cluster.path),
+            line: None,
+            field: format!("platform.{}", short[0]),
+            message: "NiFi refuses passwords and keys shorter than 12 characters".into(),
+            hint: Some("delete the entry and run `picluster secrets` to generate a new one".into()),
+        }]));
+    }
+    let ctx = Ctx {
+        cluster,
+        platform,
+        secrets: &secrets.platform,
+    };
+    let mut out = Vec::new();
+    for &c in &platform.components {
+        let docs = ctx.secret_docs(c);
+        if !docs.is_empty() {
+            out.push(Manifest {
+                component: c,
+                file_name: format!("picluster-{c}-secrets.yaml"),
+                content: yaml_stream(
+                    &format!(
+                        "# picluster: namespace and credentials of {c} (cluster \"{}\"). Secret: keep on the node only.\n",
+                        cluster.name
+                    ),
+                    &docs,
+                ),
+                secret: true,
+            });
+        }
+        let body = ctx.public(c);
+        out.push(Manifest {
+            component: c,
+            file_name: format!("picluster-{c}.yaml"),
+            content: format!(
+                "# Rendered by picluster for cluster \"{}\"; rebuild the image to change it.\n{body}",
+                cluster.name
+            ),
+            secret: false,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_replaces_known_and_keeps_unknown() {
+        let mut v = BTreeMap::new();
+        v.insert("a".to_string(), "1".to_string());
+        assert_eq!(fill("x @@a@@ y @@b@@ ${ENV:Z}", &v), "x 1 y @@b@@ ${ENV:Z}");
+    }
+
+    #[test]
+    fn trino_memory_keeps_query_memory_and_headroom_under_the_heap() {
+        for container in [2048, 3072, 4096, 6144] {
+            let (heap, headroom, per_node) = trino_memory(container);
+            assert!(
+                per_node + headroom < heap,
+                "{container}: {per_node}+{headroom} vs {heap}"
+            );
+            assert!(
+                heap + 512 <= container,
+                "{container}: heap {heap} leaves no room off-heap"
+            );
+        }
+        assert_eq!(trino_memory(3072), (1984, 496, 992));
+    }
+}
