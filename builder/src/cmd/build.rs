@@ -59,9 +59,22 @@ pub struct Inputs {
     pub secrets: Secrets,
 }
 
-pub fn load_inputs(config: &Path) -> Result<Inputs> {
+/// Load and validate the cluster file and its secrets. Data-platform secrets
+/// the selection needs and `secrets.toml` lacks are generated; with `persist`
+/// they are saved (existing values never change), else they live in memory only.
+pub fn load_inputs(config: &Path, persist: bool) -> Result<Inputs> {
     let cluster = Cluster::load(config)?;
-    let secrets = Secrets::load_for(config)?;
+    let mut secrets = Secrets::load_for(config)?;
+    let added = secrets.fill_platform(&cluster.platform)?;
+    if persist && !added.is_empty() {
+        let path = picluster_profiles::secrets::secrets_path(config);
+        secrets.rewrite(&path, &cluster.name)?;
+        progress::step(format!(
+            "{}: added data-platform secrets {}",
+            path.display(),
+            added.join(", ")
+        ));
+    }
     Ok(Inputs { cluster, secrets })
 }
 
@@ -181,7 +194,7 @@ struct Named<'a> {
 
 pub fn run(args: &BuildArgs) -> Result<()> {
     let started = Instant::now();
-    let Inputs { cluster, secrets } = load_inputs(&args.config)?;
+    let Inputs { cluster, secrets } = load_inputs(&args.config, true)?;
     let nodes = select_nodes(&cluster, &args.nodes)?;
     let epoch = build_epoch()?;
     let agent = agent::locate(args.agent.as_deref())?;
@@ -310,7 +323,7 @@ fn build_node(
     how: Compress,
     epoch: i64,
 ) -> Result<(Staged, Output, CopyMethod)> {
-    let (bundle, node_secrets) = render::render_node(cluster, secrets, node, inputs);
+    let (bundle, node_secrets) = render::render_node(cluster, secrets, node, inputs)?;
     let files = bootfiles::boot_files(
         &base.cmdline,
         &base.config_txt,

@@ -79,9 +79,10 @@ pub fn init(args: &InitArgs) -> Result<()> {
         None => SAMPLE_CLUSTER.to_string(),
     };
     // The sample must stay valid with the user's key in it.
-    Cluster::parse(&cluster, &text)
+    let parsed = Cluster::parse(&cluster, &text)
         .context("internal error: the sample cluster file does not validate")?;
-    let generated = Secrets::generate()?;
+    let mut generated = Secrets::generate()?;
+    generated.fill_platform(&parsed.platform)?;
     write_new(&cluster, text.as_bytes())?;
     if let Err(e) = generated.write_new(&secrets, "homelab") {
         let _ = fs::remove_file(&cluster);
@@ -137,15 +138,26 @@ pub fn secrets(args: &SecretsArgs) -> Result<()> {
     let cluster = Cluster::load(&args.config)?;
     let path = secrets_path(&args.config);
     if path.exists() {
-        // Validates mode and content; nothing to add yet.
-        Secrets::load_for(&args.config)?;
-        println!(
-            "{} already exists and is complete; nothing changed",
-            path.display()
-        );
+        let mut secrets = Secrets::load_for(&args.config)?;
+        let added = secrets.fill_platform(&cluster.platform)?;
+        if added.is_empty() {
+            println!(
+                "{} already holds every secret the cluster needs; nothing changed",
+                path.display()
+            );
+        } else {
+            secrets.rewrite(&path, &cluster.name)?;
+            println!(
+                "{}: added {} (existing values kept)",
+                path.display(),
+                added.join(", ")
+            );
+        }
         return Ok(());
     }
-    Secrets::generate()?.write_new(&path, &cluster.name)?;
+    let mut secrets = Secrets::generate()?;
+    secrets.fill_platform(&cluster.platform)?;
+    secrets.write_new(&path, &cluster.name)?;
     println!(
         "wrote {} (mode 0600); keep it out of git and back it up",
         path.display()

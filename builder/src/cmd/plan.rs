@@ -41,6 +41,10 @@ pub struct Plan {
     pub base_sha256: Option<String>,
     pub base_cached: bool,
     pub agent: String,
+    /// Data-platform components, one line each (empty when none are selected).
+    pub platform: Vec<String>,
+    /// Per-node memory/CPU budget of the platform, as printed.
+    pub budget: Option<String>,
     pub nodes: Vec<NodePlan>,
 }
 
@@ -93,7 +97,7 @@ pub struct PlannedUser {
 const MASK: &str = "<secret>";
 
 pub fn run(args: &PlanArgs) -> Result<()> {
-    let Inputs { cluster, secrets } = load_inputs(&args.config)?;
+    let Inputs { cluster, secrets } = load_inputs(&args.config, false)?;
     let plan = make_plan(&cluster, &secrets, &args.nodes)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -161,7 +165,7 @@ pub fn make_plan(cluster: &Cluster, secrets: &Secrets, only: &[String]) -> Resul
     let node_plans = nodes
         .iter()
         .map(|n| node_plan(cluster, secrets, n, &inputs, &payload, cached.as_ref()))
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(Plan {
         cluster: cluster.name.clone(),
         k3s_version: cluster.k3s.version.clone(),
@@ -171,6 +175,13 @@ pub fn make_plan(cluster: &Cluster, secrets: &Secrets, only: &[String]) -> Resul
         base_sha256: digest,
         base_cached: cached.is_some(),
         agent: agent_desc,
+        platform: cluster
+            .platform
+            .describe()
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        budget: cluster.platform.budget_table().map(|b| b.to_string()),
         nodes: node_plans,
     })
 }
@@ -182,8 +193,8 @@ fn node_plan(
     inputs: &RenderInputs,
     payload: &Payload,
     base: Option<&base::BaseImage>,
-) -> NodePlan {
-    let (bundle, node_secrets) = render::render_node(cluster, secrets, node, inputs);
+) -> Result<NodePlan> {
+    let (bundle, node_secrets) = render::render_node(cluster, secrets, node, inputs)?;
     let base_cmdline = base.map_or("", |b| b.cmdline.as_str());
     let base_config = base.map_or("", |b| b.config_txt.as_str());
     let boot: Vec<BootFile> = bootfiles::boot_files(
@@ -231,7 +242,7 @@ fn node_plan(
         })
         .collect();
     rootfs_files.sort_by_key(|f| f.phase);
-    NodePlan {
+    Ok(NodePlan {
         name: node.name.clone(),
         role: node.role.as_str(),
         init_server: node.init,
@@ -257,7 +268,7 @@ fn node_plan(
             ssh_keys: bundle.user.authorized_keys.len(),
             keys_only: bundle.user.keys_only,
         },
-    }
+    })
 }
 
 fn phase_name(p: Phase) -> &'static str {
@@ -291,6 +302,15 @@ pub fn text(plan: &Plan) -> String {
     );
     let _ = writeln!(s, "k3s:   {}", plan.k3s_source);
     let _ = writeln!(s, "agent: {}", plan.agent);
+    if !plan.platform.is_empty() {
+        let _ = writeln!(s, "\ndata platform (deployed by the first server):");
+        for l in &plan.platform {
+            let _ = writeln!(s, "    {l}");
+        }
+    }
+    if let Some(b) = &plan.budget {
+        let _ = writeln!(s, "\n{}", b.trim_end());
+    }
     for n in &plan.nodes {
         let _ = writeln!(s);
         let role = if n.init_server {
