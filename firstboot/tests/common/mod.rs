@@ -100,7 +100,8 @@ impl Fixture {
         let root = dir.path().join("root");
         let boot = root.join("boot/firmware");
         let cluster = Cluster::parse(Path::new("cluster.toml"), cluster_text).unwrap();
-        let secrets = Secrets::generate().unwrap();
+        let mut secrets = Secrets::generate().unwrap();
+        secrets.fill_platform(&cluster.platform).unwrap();
         let k3s = k3s_bytes();
         let air = airgap_bytes();
         let inputs = RenderInputs {
@@ -118,7 +119,7 @@ impl Fixture {
             }),
         };
         let n = cluster.node(node).expect("node in cluster").clone();
-        let (bundle, node_secrets) = render_node(&cluster, &secrets, &n, &inputs);
+        let (bundle, node_secrets) = render_node(&cluster, &secrets, &n, &inputs).unwrap();
 
         // The root: what a Bookworm Lite image holds that the agent reads or edits.
         write(
