@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One command from a fresh checkout to node images:
+#
+#   builder/quickstart.sh [DIR]      (default DIR: ./my-cluster)
+#
+# 1. adds the aarch64 Rust target and builds the node agent and the picluster CLI (release);
+# 2. `picluster init DIR` unless DIR/cluster.toml exists (the four-node sample, your
+#    ~/.ssh/id_*.pub, fresh secrets in DIR/secrets.toml, mode 0600);
+# 3. `picluster build -c DIR/cluster.toml --out DIR/images`, which downloads and
+#    verifies the pinned Raspberry Pi OS image and K3s release (cached for next time).
+#
+# Edit DIR/cluster.toml (IPs, gateway, nodes) and run it again to rebuild.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+dir=${1:-my-cluster}
+
+rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
+(cd "$repo" && cargo build --release -p picluster-node --target aarch64-unknown-linux-musl \
+  && cargo build --release -p picluster)
+picluster="$repo/target/release/picluster"
+export PICLUSTER_AGENT="$repo/target/aarch64-unknown-linux-musl/release/picluster-node"
+
+[ -f "$dir/cluster.toml" ] || "$picluster" init "$dir"
+"$picluster" plan -c "$dir/cluster.toml" >/dev/null
+"$picluster" build -c "$dir/cluster.toml" --out "$dir/images"
+echo "images are in $dir/images; see README.md \"Flashing\" to write them to cards"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The full test suite, with its own set-up: on a fresh Debian/Ubuntu machine this
+# installs what the tests need (Debian packages, the aarch64 Rust target, Python
+# validators), builds the node agent for aarch64, and runs every check CI runs.
+#
+#   tests/run.sh            everything (what CI runs)
+#   tests/run.sh --quick    skip fmt/clippy
+#
+# Long opt-in suites (not run here): tests/boot/run.sh (QEMU boot test),
+# tests/bench/build.sh and tests/bench/flash.sh (benchmarks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+say() { printf '\n== %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+say "system packages"
+need=()
+for pair in mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk mke2fs:e2fsprogs \
+            qemu-aarch64-static:qemu-user-static bmaptool:bmap-tools xz:xz-utils \
+            ssh-keygen:openssh-client losetup:mount; do
+  command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+say "Rust target aarch64-unknown-linux-musl"
+rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
+
+say "Python validators for the data-platform manifests"
+python3 -m pip install -q --disable-pip-version-check -r tests/platform/requirements.txt
+
+say "node agent (aarch64, static)"
+cargo build --release -p picluster-node --target aarch64-unknown-linux-musl
+export PICLUSTER_AGENT="$PWD/target/aarch64-unknown-linux-musl/release/picluster-node"
+
+if [ "$quick" = 0 ]; then
+  say "format and lints"
+  cargo fmt --all -- --check
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+say "tests"
+cargo test --workspace
