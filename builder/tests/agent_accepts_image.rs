@@ -1,0 +1,162 @@
+//! The real aarch64 node agent, under qemu-aarch64-static, runs stage 1 and
+//! stage 2 against the boot files of an image `picluster build` wrote: the bundle
+//! is accepted, K3s passes the agent's own checksum check, secrets leave the card.
+//! Commands are recorded, not executed (`--record-commands`).
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use support::http::Server;
+use support::*;
+
+fn write(path: &Path, data: &[u8], mode: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// What a Raspberry Pi OS Bookworm Lite root holds that the agent reads.
+fn pios_root(root: &Path) {
+    write(
+        &root.join("etc/passwd"),
+        b"root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n",
+        0o644,
+    );
+    write(
+        &root.join("etc/shadow"),
+        b"root:*:19000:0:99999:7:::\npi:*:19000:0:99999:7:::\n",
+        0o640,
+    );
+    write(
+        &root.join("etc/group"),
+        b"root:x:0:\nsudo:x:27:pi\npi:x:1000:\n",
+        0o644,
+    );
+    write(
+        &root.join("etc/gshadow"),
+        b"root:*::\nsudo:*::pi\npi:!::\n",
+        0o640,
+    );
+    write(&root.join("etc/hostname"), b"raspberrypi\n", 0o644);
+    write(&root.join("home/pi/.bashrc"), b"", 0o644);
+    write(
+        &root.join("sys/fs/cgroup/cgroup.controllers"),
+        b"cpuset cpu io memory pids\n",
+        0o444,
+    );
+}
+
+#[test]
+fn the_agent_accepts_what_build_wrote() {
+    if Command::new("qemu-aarch64-static")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: qemu-aarch64-static is not installed (Debian: qemu-user-static)");
+        return;
+    }
+    let base = fixture(&["--xz"]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    k3s_mirror(&d.join("www/k3s"), "v1.33.5+k3s1", 1 << 20);
+    let server = Server::start(&d.join("www"));
+    let key = ssh_key(d);
+    std::fs::write(d.join("key.pub"), &key).unwrap();
+    run(picluster(&d.join("cache"))
+        .arg("init")
+        .arg(d.join("c"))
+        .arg("--ssh-key")
+        .arg(d.join("key.pub")));
+    let cfg = d.join("c/cluster.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "# k3s_mirror = \"https://mirror.lan/k3s\"",
+        &format!("k3s_mirror = \"{}\"", server.url("k3s")),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    run(picluster(&d.join("cache"))
+        .args(["build", "--node", "pi-worker-1", "-c"])
+        .arg(&cfg)
+        .arg("--base")
+        .arg(base.with_file_name("base.img.xz"))
+        .arg("--out")
+        .arg(d.join("out")));
+
+    // The node's root, with the boot partition's files where Raspberry Pi OS mounts it.
+    let img = d.join("out/pi-worker-1.img");
+    let root = d.join("root");
+    pios_root(&root);
+    let boot = root.join("boot/firmware");
+    std::fs::create_dir_all(&boot).unwrap();
+    let p1 = d.join("p1");
+    extract(&img, 8 << 20, 512 << 20, &p1);
+    for f in [
+        "cmdline.txt",
+        "picluster-node",
+        "picluster-node.json",
+        "picluster-secrets.json",
+        "k3s-arm64",
+    ] {
+        run(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&p1)
+            .arg(format!("::/{f}"))
+            .arg(boot.join(f)));
+    }
+    let agent = boot.join("picluster-node");
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secrets_on_card = std::fs::read(boot.join("picluster-secrets.json")).unwrap();
+
+    for stage in ["stage1", "stage2"] {
+        run(Command::new("qemu-aarch64-static")
+            .arg(&agent)
+            .arg("--root")
+            .arg(&root)
+            .arg("--record-commands")
+            .arg(d.join(format!("{stage}.jsonl")))
+            .arg(stage));
+    }
+    let cmdline = std::fs::read_to_string(boot.join("cmdline.txt")).unwrap();
+    assert!(
+        !cmdline.contains("systemd.run") && cmdline.contains("cgroup_enable=memory"),
+        "{cmdline}"
+    );
+    assert!(
+        !boot.join("picluster-secrets.json").exists(),
+        "secrets scrubbed from the card"
+    );
+    let moved = root.join("etc/picluster/secrets.json");
+    assert_eq!(std::fs::read(&moved).unwrap(), secrets_on_card);
+    assert_eq!(
+        std::fs::metadata(&moved).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
+        "pi-worker-1\n"
+    );
+    let config = std::fs::read_to_string(root.join("etc/rancher/k3s/config.yaml")).unwrap();
+    assert!(
+        config.contains("server: \"https://192.168.0.120:6443\"")
+            && config.contains("node-name: \"pi-worker-1\""),
+        "{config}"
+    );
+    // K3s installed from the card passed the agent's checksum check.
+    assert_eq!(
+        sha256_file(&root.join("usr/local/bin/k3s")),
+        sha256_file(&d.join("www/k3s/v1.33.5+k3s1/k3s-arm64"))
+    );
+    let status = run(Command::new("qemu-aarch64-static")
+        .arg(&agent)
+        .arg("--root")
+        .arg(&root)
+        .args(["status", "--json"]));
+    assert!(
+        status.contains("\"ready\"") && status.contains("done"),
+        "{status}"
+    );
+}
