@@ -72,6 +72,6 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 pub fn write(dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let staged = Staged::new(dest)?;
     staged.set_mode(mode)?;
-    (&*staged.file()).write_all(data)?;
+    staged.file().write_all(data)?;
     staged.commit()
 }
