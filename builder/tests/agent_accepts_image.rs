@@ -6,48 +6,10 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 
 use support::http::Server;
 use support::*;
-
-fn write(path: &Path, data: &[u8], mode: u32) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, data).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// What a Raspberry Pi OS Bookworm Lite root holds that the agent reads.
-fn pios_root(root: &Path) {
-    write(
-        &root.join("etc/passwd"),
-        b"root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n",
-        0o644,
-    );
-    write(
-        &root.join("etc/shadow"),
-        b"root:*:19000:0:99999:7:::\npi:*:19000:0:99999:7:::\n",
-        0o640,
-    );
-    write(
-        &root.join("etc/group"),
-        b"root:x:0:\nsudo:x:27:pi\npi:x:1000:\n",
-        0o644,
-    );
-    write(
-        &root.join("etc/gshadow"),
-        b"root:*::\nsudo:*::pi\npi:!::\n",
-        0o640,
-    );
-    write(&root.join("etc/hostname"), b"raspberrypi\n", 0o644);
-    write(&root.join("home/pi/.bashrc"), b"", 0o644);
-    write(
-        &root.join("sys/fs/cgroup/cgroup.controllers"),
-        b"cpuset cpu io memory pids\n",
-        0o444,
-    );
-}
 
 #[test]
 fn the_agent_accepts_what_build_wrote() {
@@ -88,7 +50,7 @@ fn the_agent_accepts_what_build_wrote() {
     // The node's root, with the boot partition's files where Raspberry Pi OS mounts it.
     let img = d.join("out/pi-worker-1.img");
     let root = d.join("root");
-    pios_root(&root);
+    picluster_node::testing::pios_root(&root);
     let boot = root.join("boot/firmware");
     std::fs::create_dir_all(&boot).unwrap();
     let p1 = d.join("p1");

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod stage1;
 pub mod stage2;
 pub mod status;
+pub mod testing;
 pub mod timefmt;
 pub mod user;
 

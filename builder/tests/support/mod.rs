@@ -95,17 +95,12 @@ pub fn sha256_file(path: &Path) -> String {
 
 pub mod http;
 
-/// The aarch64 node agent: `$PICLUSTER_AGENT`, or built once from this workspace.
+/// The aarch64 node agent: `$PICLUSTER_AGENT`, or this workspace's cross-build
+/// (built here if needed; `tests/run.sh` builds it beforehand).
 pub fn agent_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PICLUSTER_AGENT") {
         return PathBuf::from(p);
     }
-    let target_dir = fixture_root().join("agent-target");
-    let bin = target_dir.join("aarch64-unknown-linux-musl/release/picluster-node");
-    std::fs::create_dir_all(&target_dir).unwrap();
-    let lock = std::fs::File::create(target_dir.join("lock")).unwrap();
-    lock.lock().unwrap();
-    // Cargo decides whether anything changed; a no-op build takes a moment.
     let status = Command::new(env!("CARGO"))
         .current_dir(repo_root())
         .args([
@@ -115,16 +110,17 @@ pub fn agent_binary() -> PathBuf {
             "picluster-node",
             "--target",
             "aarch64-unknown-linux-musl",
-            "--target-dir",
         ])
-        .arg(&target_dir)
         .status()
         .expect("run cargo");
     assert!(
         status.success(),
         "cannot cross-build the node agent (rustup target add aarch64-unknown-linux-musl)"
     );
-    bin
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("aarch64-unknown-linux-musl/release/picluster-node")
 }
 
 /// A K3s release mirror laid out as `<dir>/<version>/{k3s-arm64,sha256sum-arm64.txt}`

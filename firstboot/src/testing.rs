@@ -1,0 +1,63 @@
+//! Test support shared by this crate's tests and the workstation tool's: the
+//! parts of a Raspberry Pi OS Bookworm Lite root the agent reads or edits.
+#![doc(hidden)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn write(path: &Path, content: &[u8], mode: u32) {
+    std::fs::create_dir_all(path.parent().expect("absolute path")).expect("create dir");
+    std::fs::write(path, content).expect("write fixture file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Populate `root` like a freshly flashed Raspberry Pi OS Lite: user `pi`
+/// (uid 1000) with its groups, the rename wizard's files, and the memory cgroup.
+pub fn pios_root(root: &Path) {
+    write(
+            &root.join("etc/passwd"),
+            b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n",
+            0o644,
+        );
+    write(
+        &root.join("etc/shadow"),
+        b"root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\npi:*:19000:0:99999:7:::\n",
+        0o640,
+    );
+    // No `render` group: the agent skips groups the system lacks.
+    write(
+            &root.join("etc/group"),
+            b"root:x:0:\nadm:x:4:pi\ndialout:x:20:pi\ncdrom:x:24:pi\nsudo:x:27:pi\naudio:x:29:pi\nvideo:x:44:pi\nplugdev:x:46:pi\nusers:x:100:pi\ninput:x:105:pi\nnetdev:x:106:pi\ngpio:x:997:pi\ni2c:x:998:pi\nspi:x:999:pi\npi:x:1000:\n",
+            0o644,
+        );
+    write(
+            &root.join("etc/gshadow"),
+            b"root:*::\nadm:*::pi\ndialout:*::pi\ncdrom:*::pi\nsudo:*::pi\naudio:*::pi\nvideo:*::pi\nplugdev:*::pi\nusers:*::pi\ninput:*::pi\nnetdev:*::pi\ngpio:*::pi\ni2c:*::pi\nspi:*::pi\npi:!::\n",
+            0o640,
+        );
+    write(&root.join("etc/subuid"), b"pi:100000:65536\n", 0o644);
+    write(&root.join("etc/subgid"), b"pi:100000:65536\n", 0o644);
+    write(
+        &root.join("etc/sudoers.d/010_pi-nopasswd"),
+        b"pi ALL=(ALL) NOPASSWD: ALL\n",
+        0o440,
+    );
+    write(
+        &root.join("etc/ssh/sshd_config.d/rename_user.conf"),
+        b"Banner /usr/share/userconf-pi/sshd_banner\n",
+        0o644,
+    );
+    write(
+        &root.join("lib/systemd/system/userconfig.service"),
+        b"[Unit]\nDescription=User configuration dialog\n",
+        0o644,
+    );
+    write(&root.join("etc/hostname"), b"raspberrypi\n", 0o644);
+    write(&root.join("home/pi/.bashrc"), b"# bash\n", 0o644);
+    std::os::unix::fs::chown(root.join("home/pi"), Some(1000), Some(1000)).expect("chown home");
+    write(
+        &root.join("sys/fs/cgroup/cgroup.controllers"),
+        b"cpuset cpu io memory hugetlb pids rdma misc\n",
+        0o444,
+    );
+}
