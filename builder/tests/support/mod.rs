@@ -98,6 +98,11 @@ pub mod http;
 /// The aarch64 node agent: `$PICLUSTER_AGENT`, or this workspace's cross-build
 /// (built here if needed; `tests/run.sh` builds it beforehand).
 pub fn agent_binary() -> PathBuf {
+    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    AGENT.get_or_init(build_agent).clone()
+}
+
+fn build_agent() -> PathBuf {
     if let Some(p) = std::env::var_os("PICLUSTER_AGENT") {
         return PathBuf::from(p);
     }

@@ -1,0 +1,179 @@
+//! The small commands through the real binary: init, secrets, plan, fetch.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use support::http::Server;
+use support::*;
+
+fn secret_values(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" = \""))
+        .map(|l| l.split('"').nth(1).unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn init_writes_a_valid_cluster_and_private_secrets_and_never_overwrites() {
+    let d = tempfile::tempdir().unwrap();
+    let key = ssh_key(d.path());
+    std::fs::write(d.path().join("k.pub"), &key).unwrap();
+    let cache = d.path().join("cache");
+    let out = run(picluster(&cache)
+        .arg("init")
+        .arg(d.path().join("c"))
+        .arg("--ssh-key")
+        .arg(d.path().join("k.pub")));
+    assert!(out.contains("cluster.toml"), "{out}");
+    let cluster = std::fs::read_to_string(d.path().join("c/cluster.toml")).unwrap();
+    assert!(
+        cluster.contains(&key),
+        "the user's key is in the cluster file"
+    );
+    let secrets = d.path().join("c/secrets.toml");
+    assert_eq!(
+        std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(secret_values(&secrets).len() >= 3);
+    assert!(
+        std::fs::read_to_string(d.path().join("c/.gitignore"))
+            .unwrap()
+            .contains("secrets.toml")
+    );
+    let before = std::fs::read(&secrets).unwrap();
+    let err = fails(picluster(&cache).arg("init").arg(d.path().join("c")));
+    assert!(
+        err.contains("already exist") && err.contains("never overwrites"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&secrets).unwrap(), before);
+}
+
+#[test]
+fn secrets_command_creates_missing_file_and_keeps_existing_values() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    run(picluster(&cache).arg("init").arg(d.path()));
+    let secrets = d.path().join("secrets.toml");
+    let cfg = d.path().join("cluster.toml");
+    let before = std::fs::read(&secrets).unwrap();
+    let out = run(picluster(&cache).arg("secrets").arg("-c").arg(&cfg));
+    assert!(out.contains("nothing changed"), "{out}");
+    assert_eq!(std::fs::read(&secrets).unwrap(), before);
+
+    std::fs::remove_file(&secrets).unwrap();
+    let err = fails(picluster(&cache).arg("plan").arg("-c").arg(&cfg));
+    assert!(
+        err.contains("secrets.toml: the secrets file is missing")
+            && err.contains("picluster secrets -c"),
+        "{err}"
+    );
+    run(picluster(&cache).arg("secrets").arg("-c").arg(&cfg));
+    assert_eq!(
+        std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = fails(picluster(&cache).arg("plan").arg("-c").arg(&cfg));
+    assert!(
+        err.contains("mode 0644") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plan_shows_every_file_and_argument_and_masks_secrets() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    run(picluster(&cache).arg("init").arg(d.path()));
+    let cfg = d.path().join("cluster.toml");
+    let text = run(picluster(&cache).arg("plan").arg("-c").arg(&cfg));
+    for want in [
+        "== pi-master (server, initialises the cluster) 192.168.0.120/24",
+        "== pi-worker-3 (agent) 192.168.0.123/24",
+        "cgroup_enable=memory cgroup_memory=1",
+        "kernel=kernel8.img",
+        "picluster-secrets.json",
+        "/etc/rancher/k3s/config.yaml  <secret>",
+        "/etc/NetworkManager/system-connections/picluster-eth0.nmconnection",
+        "agent: picluster-node",
+    ] {
+        assert!(text.contains(want), "plan lacks {want:?}:\n{text}");
+    }
+    let json = run(picluster(&cache)
+        .arg("plan")
+        .arg("--json")
+        .arg("-c")
+        .arg(&cfg));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 4);
+    assert!(
+        v["nodes"][0]["kernel_args_added"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "cgroup_enable=memory")
+    );
+    for s in secret_values(&d.path().join("secrets.toml")) {
+        assert!(
+            !text.contains(&s) && !json.contains(&s),
+            "a secret value appears in plan output"
+        );
+    }
+    // The node password is derived from a secret: never shown either.
+    assert!(json.contains("\"/etc/rancher/node/password\""));
+    let err = fails(
+        picluster(&cache)
+            .arg("plan")
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--node", "pi-9"]),
+    );
+    assert!(err.contains("no node named \"pi-9\""), "{err}");
+}
+
+#[test]
+fn fetch_downloads_verifies_and_reports() {
+    let base = fixture(&["--xz"]);
+    let d = tempfile::tempdir().unwrap();
+    let www = d.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    for f in ["base.img.xz", "base.img.xz.sha256"] {
+        std::fs::copy(base.with_file_name(f), www.join(f)).unwrap();
+    }
+    let server = Server::start(&www);
+    let cache = d.path().join("cache");
+    let mut cmd = picluster(&cache);
+    cmd.arg("fetch")
+        .arg("-c")
+        .arg(d.path().join("none.toml"))
+        .arg("--base")
+        .arg(server.url("base.img.xz"));
+    let out = run(&mut cmd);
+    let sha = std::fs::read_to_string(www.join("base.img.xz.sha256")).unwrap();
+    assert!(
+        out.contains(sha.split_whitespace().next().unwrap()) && out.contains("bookworm"),
+        "{out}"
+    );
+    assert!(
+        cache.join("bases").read_dir().unwrap().count() == 1,
+        "decompressed once into the cache"
+    );
+    // Again: no second download.
+    run(&mut cmd);
+    assert_eq!(server.requests_for("base.img.xz").len(), 1);
+    let bad = fails(
+        picluster(&cache)
+            .arg("fetch")
+            .arg("--base")
+            .arg(server.url("missing.img.xz"))
+            .arg("-c")
+            .arg("/nonexistent.toml"),
+    );
+    assert!(bad.contains("missing.img.xz"), "{bad}");
+}
