@@ -425,3 +425,57 @@ fn ctrl_c_leaves_no_half_written_image() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn airgap_images_are_fetched_verified_and_placed() {
+    let s = setup(&[]);
+    let text = std::fs::read_to_string(s.config()).unwrap();
+    std::fs::write(
+        s.config(),
+        text.replace("# airgap = false", "airgap = true"),
+    )
+    .unwrap();
+    run(&mut s.build("out", &["--node", "pi-worker-3"]));
+    let img = s.path("out/pi-worker-3.img");
+    let (start, len) = partitions(&img)[0];
+    let p1 = s.path("p1");
+    extract(&img, start, len, &p1);
+    let archive = s
+        .path("www/k3s")
+        .join(VERSION)
+        .join("k3s-airgap-images-arm64.tar.zst");
+    run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&p1)
+        .arg("::/k3s-airgap-images-arm64.tar.zst")
+        .arg(s.path("air")));
+    assert_eq!(sha256_file(&s.path("air")), sha256_file(&archive));
+    let bundle: serde_json::Value =
+        serde_json::from_str(&mtype(&p1, "picluster-node.json")).unwrap();
+    assert_eq!(
+        bundle["k3s"]["airgap_images"]["sha256"].as_str().unwrap(),
+        sha256_file(&archive)
+    );
+
+    // A release whose checksum list lacks the archive is refused by name.
+    let sums = s.path("www/k3s").join(VERSION).join("sha256sum-arm64.txt");
+    let listed = std::fs::read_to_string(&sums).unwrap();
+    std::fs::write(
+        &sums,
+        listed
+            .lines()
+            .filter(|l| !l.contains("airgap"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let err = fails(
+        s.build("out2", &["--node", "pi-worker-3"])
+            .env("PICLUSTER_CACHE_DIR", s.path("cache2")),
+    );
+    assert!(
+        err.contains("lists no k3s-airgap-images-arm64.tar.zst"),
+        "{err}"
+    );
+}

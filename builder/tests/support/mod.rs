@@ -129,7 +129,7 @@ fn build_agent() -> PathBuf {
 }
 
 /// A K3s release mirror laid out as `<dir>/<version>/{k3s-arm64,sha256sum-arm64.txt}`
-/// holding a stand-in binary of `size` bytes.
+/// holding a stand-in binary of `size` bytes and a small air-gap archive.
 pub fn k3s_mirror(dir: &Path, version: &str, size: usize) -> PathBuf {
     let rel = dir.join(version);
     std::fs::create_dir_all(&rel).unwrap();
@@ -142,10 +142,19 @@ pub fn k3s_mirror(dir: &Path, version: &str, size: usize) -> PathBuf {
         *b = x as u8;
     }
     std::fs::write(rel.join("k3s-arm64"), &data).unwrap();
+    std::fs::write(
+        rel.join("k3s-airgap-images-arm64.tar.zst"),
+        &data[..64 << 10],
+    )
+    .unwrap();
     let sha = sha256_file(&rel.join("k3s-arm64"));
+    let air = sha256_file(&rel.join("k3s-airgap-images-arm64.tar.zst"));
     std::fs::write(
         rel.join("sha256sum-arm64.txt"),
-        format!("{}  k3s\n{sha}  k3s-arm64\n", "0".repeat(64)),
+        format!(
+            "{}  k3s\n{sha}  k3s-arm64\n{air}  k3s-airgap-images-arm64.tar.zst\n",
+            "0".repeat(64)
+        ),
     )
     .unwrap();
     dir.to_path_buf()
