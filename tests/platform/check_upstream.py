@@ -24,6 +24,8 @@ import sys
 import jsonschema
 import yaml
 
+from validate import leaf_paths
+
 HERE = pathlib.Path(__file__).resolve().parent
 # Keys of custom-resource specs the charts pass through verbatim; upstream
 # defaults show only some of their fields.
@@ -49,14 +51,6 @@ def merge(base, over):
                 out[k] = merge(base.get(k), v)
         return out
     return over
-
-
-def leaf_paths(value, prefix=""):
-    if isinstance(value, dict) and value:
-        for k, v in value.items():
-            yield from leaf_paths(v, f"{prefix}.{k}" if prefix else str(k))
-    else:
-        yield prefix
 
 
 def lookup(defaults, parts):
