@@ -234,35 +234,56 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     let payload = payload(&agent, &assets);
     let mut staged = Vec::new();
     let mut outputs = Vec::new();
-    for node in &nodes {
-        let t = Instant::now();
-        let (file, output, method) = build_node(
-            &args.out,
-            &cluster,
-            &secrets,
-            node,
-            &base,
-            &obtained,
-            &inputs,
-            &payload,
-            args.compress,
-            epoch,
-        )
-        .with_context(|| format!("cannot build the image of {}", node.name))?;
-        progress::step(format!(
-            "{}: {} ({}, {}, {:.1}s)",
-            node.name,
-            output.file,
-            progress::size(output.size),
-            match method {
-                CopyMethod::Reflink => "reflink",
-                CopyMethod::Sparse => "sparse copy",
-            },
-            t.elapsed().as_secs_f64()
-        ));
-        staged.push(file);
-        outputs.push(output);
-    }
+    // Raw images are hashed on a second thread while the next node is copied
+    // and patched: hashing is CPU-bound, copying mostly I/O.
+    std::thread::scope(|scope| -> Result<()> {
+        let (to_hash, queue) = std::sync::mpsc::channel::<(usize, PathBuf)>();
+        let hasher = scope.spawn(move || {
+            queue
+                .iter()
+                .map(|(i, path)| (i, digest::file_sha256(&path)))
+                .collect::<Vec<_>>()
+        });
+        for (i, node) in nodes.iter().enumerate() {
+            let t = Instant::now();
+            let (file, output, method) = build_node(
+                &args.out,
+                &cluster,
+                &secrets,
+                node,
+                &base,
+                &obtained,
+                &inputs,
+                &payload,
+                args.compress,
+                epoch,
+            )
+            .with_context(|| format!("cannot build the image of {}", node.name))?;
+            progress::step(format!(
+                "{}: {} ({}, {:.1}s)",
+                node.name,
+                output.file,
+                match method {
+                    CopyMethod::Reflink => "reflink",
+                    CopyMethod::Sparse => "sparse copy",
+                },
+                t.elapsed().as_secs_f64()
+            ));
+            if output.sha256.is_empty() {
+                let _ = to_hash.send((i, file.path().to_path_buf()));
+            }
+            staged.push(file);
+            outputs.push(output);
+        }
+        drop(to_hash);
+        for (i, result) in hasher.join().expect("hashing thread does not panic") {
+            let (sha256, size) =
+                result.with_context(|| format!("cannot hash the image of {}", outputs[i].node))?;
+            outputs[i].sha256 = sha256;
+            outputs[i].size = size;
+        }
+        Ok(())
+    })?;
 
     // All nodes built: publish together.
     for s in staged {
@@ -346,9 +367,9 @@ fn build_node(
         .context("cannot patch the boot partition")?;
     let image_size = raw_staged.file().metadata()?.len();
 
+    // Raw images are hashed by the caller (on another thread): empty digest.
     let (staged, sha256, size) = if how == Compress::None {
-        let (sha, size) = digest::file_sha256(raw_staged.path())?;
-        (raw_staged, sha, size)
+        (raw_staged, String::new(), image_size)
     } else {
         let staged = Staged::new(&dest)?;
         staged.set_mode(0o644)?;
