@@ -1,0 +1,1 @@
+//! picluster flash (in progress)
