@@ -3,6 +3,7 @@
 pub mod base;
 pub mod bmap;
 pub mod bootfs;
+pub mod flash;
 pub mod partition;
 pub mod region;
 pub mod rootfs;
