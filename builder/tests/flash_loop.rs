@@ -541,7 +541,7 @@ fn an_interrupted_flash_leaves_no_partition_table_and_a_second_flash_succeeds() 
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(20));
     proc.kill().unwrap();
     let status = proc.wait().unwrap();
     assert!(

@@ -54,6 +54,8 @@ pub struct Disk {
 #[derive(Debug, Clone)]
 pub struct PartInfo {
     pub name: String,
+    /// Partition number (`partition` in sysfs).
+    pub number: u32,
     pub size: u64,
 }
 
@@ -127,6 +129,7 @@ pub fn check_target(path: &Path, allow_file: bool, sys: &System) -> Result<Targe
                     ours.push((d, pname.clone()));
                 }
                 partitions.push(PartInfo {
+                    number: read_u64(&p.join("partition")).unwrap_or(0) as u32,
                     size: read_u64(&p.join("size")).unwrap_or(0) * 512,
                     name: pname,
                 });
@@ -266,11 +269,10 @@ pub fn describe_partitions(file: &File, target: &Target, size: u64) -> Vec<Strin
     let table = partition::read_table(file, &target.path, size).ok();
     disk.partitions
         .iter()
-        .enumerate()
-        .map(|(i, p)| {
+        .map(|p| {
             let kind = table
                 .as_ref()
-                .and_then(|t| t.partitions.get(i))
+                .and_then(|t| t.partitions.iter().find(|tp| tp.number == p.number))
                 .map(|tp| tp.type_name())
                 .unwrap_or_default();
             format!("/dev/{}  {}  {kind}", p.name, super::human(p.size))

@@ -23,12 +23,14 @@
 //! 2 usage; 3 target refused by a safety check; 4 not confirmed;
 //! 5 verification failed.
 
+mod buf;
 pub mod device;
 pub mod source;
 pub mod verify;
 pub mod writer;
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -225,7 +227,26 @@ pub fn run_with(
         None => img.size.unwrap_or(img.min_size),
     };
     let wbar = progress(total, "writing");
-    let written = writer::write_body(&img, &dev, device, dev_size, &wbar)?;
+    // O_DIRECT where the device (or file system) allows it.
+    let direct = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_DIRECT | nix::libc::O_CLOEXEC)
+        .open(device)
+        .ok();
+    let written = writer::write_body(
+        &img,
+        &dev,
+        direct.as_ref(),
+        device,
+        dev_size,
+        !opts.no_verify,
+        &wbar,
+    )?;
+    if let Some(d) = &direct {
+        d.sync_data()
+            .with_context(|| format!("cannot flush {}", device.display()))?;
+    }
+    drop(direct);
     dev.sync_data()
         .with_context(|| format!("cannot flush {}", device.display()))?;
     wbar.finish_and_clear();

@@ -1,7 +1,6 @@
 //! Read back what was written, bypassing the page cache, and compare each
 //! unit's SHA-256 with what was meant to be written.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -12,40 +11,11 @@ use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
 use super::FlashError;
+use super::buf::{ALIGN, AlignedBuf};
 use super::writer::Unit;
 use crate::bmap::hex;
 
 const BUF: usize = 8 << 20;
-const ALIGN: usize = 4096;
-
-/// A page-aligned buffer, as O_DIRECT needs.
-struct Aligned {
-    ptr: *mut u8,
-    layout: Layout,
-}
-
-impl Aligned {
-    fn new(len: usize) -> Self {
-        let layout = Layout::from_size_align(len, ALIGN).expect("valid layout");
-        // SAFETY: layout has non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        Aligned { ptr, layout }
-    }
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: ptr is a live allocation of layout.size() bytes, owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-}
-
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.ptr, self.layout) }
-    }
-}
 
 /// A reader of the device that does not see the page cache.
 pub struct Reader {
@@ -90,11 +60,11 @@ impl Reader {
     /// up to whole 4 KiB pages (short at the end of the device is fine).
     fn read_at<'a>(
         &mut self,
-        scratch: &'a mut Aligned,
+        scratch: &'a mut AlignedBuf,
         off: u64,
         len: usize,
     ) -> io::Result<&'a [u8]> {
-        let buf = scratch.as_mut();
+        let buf = scratch.spare();
         let want = if self.direct {
             len.div_ceil(ALIGN) * ALIGN
         } else {
@@ -118,7 +88,7 @@ impl Reader {
             }
             got += n;
         }
-        Ok(&scratch.as_mut()[..len])
+        Ok(&scratch.spare()[..len])
     }
 }
 
@@ -126,7 +96,7 @@ impl Reader {
 pub fn verify(path: &Path, units: &[Unit], bar: &ProgressBar) -> Result<()> {
     let mut r = Reader::open(path)?;
     r.drop_cache();
-    let mut scratch = Aligned::new(BUF);
+    let mut scratch = AlignedBuf::new(BUF);
     for u in units {
         let mut h = Sha256::new();
         let mut pos = u.extent.start;
@@ -159,4 +129,35 @@ pub fn verify(path: &Path, units: &[Unit], bar: &ProgressBar) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::Extent;
+
+    #[test]
+    fn a_mismatch_names_its_range_and_exits_5() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.img");
+        let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let unit = |start: u64, len: u64, content: &[u8]| Unit {
+            extent: Extent { start, len },
+            sha256: Sha256::digest(content).into(),
+        };
+        let good = [
+            unit(0, 4096, &data[..4096]),
+            unit(8192, 4096, &data[8192..]),
+        ];
+        verify(&path, &good, &ProgressBar::hidden()).unwrap();
+        let bad = [good[0].clone(), unit(8192, 4096, &[0; 4096])];
+        let err = verify(&path, &bad, &ProgressBar::hidden()).unwrap_err();
+        assert_eq!(super::super::exit_code(&err), 5);
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("bytes 8192..12288 (4 KiB blocks 2-2)"),
+            "{msg}"
+        );
+    }
 }

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
+use super::buf::{ALIGN, AlignedBuf};
 use super::source::Image;
 use crate::bmap::hex;
 use crate::partition::Extent;
@@ -26,7 +27,7 @@ const CHUNK: u64 = 4 << 20;
 const UNIT_MAX: u64 = 64 << 20;
 /// Dirty data allowed before waiting for the disk: keeps progress honest and
 /// memory bounded.
-const WINDOW: u64 = 32 << 20;
+const WINDOW: u64 = 64 << 20;
 
 /// A written range and the SHA-256 of what was written there.
 #[derive(Debug, Clone)]
@@ -48,7 +49,7 @@ pub struct Written {
 
 struct Chunk {
     offset: u64,
-    data: Vec<u8>,
+    data: AlignedBuf,
     /// Progress to report once this chunk is handled.
     advance: u64,
 }
@@ -72,16 +73,25 @@ pub fn wipe(dev: &File, dev_path: &Path, dev_size: u64, old_gpt: bool) -> Result
 }
 
 /// Write everything but the head; return the hashes to verify.
+///
+/// `direct`, if given, is the device opened `O_DIRECT`: whole 4 KiB blocks
+/// go through it straight from our buffers to the disk, without a second
+/// copy into the page cache and without piling up dirty pages (so progress
+/// and ETA are honest). Anything unaligned goes through `dev`.
 pub fn write_body(
     image: &Image,
     dev: &File,
+    direct: Option<&File>,
     dev_path: &Path,
     dev_size: u64,
+    hash: bool,
     bar: &ProgressBar,
 ) -> Result<Written> {
     let (tx, rx) = mpsc::sync_channel::<Chunk>(4);
+    // Written buffers go back to the reader for reuse.
+    let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
     std::thread::scope(|s| {
-        let producer = s.spawn(move || produce(image, dev_size, tx));
+        let producer = s.spawn(move || produce(image, dev_size, hash, tx, free_rx));
         let mut head = Vec::new();
         let mut written = 0u64;
         let mut window = Window::new(dev);
@@ -89,11 +99,15 @@ pub fn write_body(
         for c in rx.iter() {
             if c.data.is_empty() {
             } else if c.offset < HEAD {
-                head.push((c.offset, c.data));
+                head.push((c.offset, c.data.as_slice().to_vec()));
             } else {
-                let r = dev
-                    .write_all_at(&c.data, c.offset)
-                    .and_then(|()| window.wrote(c.offset, c.data.len() as u64));
+                let aligned = c.offset % ALIGN as u64 == 0 && c.data.len() % ALIGN == 0;
+                let r = match direct {
+                    Some(d) if aligned => d.write_all_at(c.data.as_slice(), c.offset),
+                    _ => dev
+                        .write_all_at(c.data.as_slice(), c.offset)
+                        .and_then(|()| window.wrote(c.offset, c.data.len() as u64)),
+                };
                 if let Err(e) = r {
                     failure = Some(anyhow!(e).context(format!(
                         "writing {} bytes at byte {} of {}",
@@ -104,6 +118,7 @@ pub fn write_body(
                     break;
                 }
                 written += c.data.len() as u64;
+                let _ = free_tx.send(c.data);
             }
             bar.inc(c.advance);
         }
@@ -153,6 +168,11 @@ pub fn reread_partitions(dev: &File) -> std::result::Result<(), String> {
             Err(nix::errno::Errno::EBUSY) => {
                 last = "device busy".into();
                 std::thread::sleep(std::time::Duration::from_millis(100 * (attempt + 1).min(5)));
+            }
+            Err(nix::errno::Errno::EINVAL) => {
+                return Err(
+                    "this device does not take partitions (a loop device without -P?)".into(),
+                );
             }
             Err(e) => return Err(e.to_string()),
         }
@@ -217,12 +237,17 @@ fn sync_range(f: &File, off: u64, len: u64, flags: u32) -> io::Result<()> {
 /// never straddling the head boundary.
 #[derive(Default)]
 struct Units {
+    /// Without a read-back nothing needs hashing.
+    skip: bool,
     done: Vec<Unit>,
     cur: Option<(u64, u64, Sha256)>,
 }
 
 impl Units {
     fn add(&mut self, off: u64, data: &[u8]) {
+        if self.skip {
+            return;
+        }
         let len = data.len() as u64;
         let extend = matches!(&self.cur, Some((s, l, _))
             if s + l == off && l + len <= UNIT_MAX && (*s >= HEAD || off + len <= HEAD));
@@ -258,9 +283,25 @@ type Produced = Result<(Vec<Unit>, u64)>;
 
 /// The reader side: read (or decompress) the image, check bmap checksums,
 /// hash what is to be written, and hand it over in order.
-fn produce(image: &Image, dev_size: u64, tx: mpsc::SyncSender<Chunk>) -> Produced {
+fn produce(
+    image: &Image,
+    dev_size: u64,
+    hash: bool,
+    tx: mpsc::SyncSender<Chunk>,
+    free: mpsc::Receiver<AlignedBuf>,
+) -> Produced {
     let stopped = || anyhow!("the writer stopped");
-    let mut units = Units::default();
+    let mut units = Units {
+        skip: !hash,
+        ..Default::default()
+    };
+    let buffer = |len: u64| {
+        let mut b = free
+            .try_recv()
+            .unwrap_or_else(|_| AlignedBuf::new(CHUNK as usize));
+        b.set_len(len as usize);
+        b
+    };
     let bad_range = |e: &Extent, got: &[u8; 32], want: &[u8; 32]| {
         anyhow!(
             "{}: bytes {}..{} do not match the bmap's SHA-256 (got {}, want {}): the image is corrupt or the bmap belongs to another image; nothing bootable was written",
@@ -279,14 +320,17 @@ fn produce(image: &Image, dev_size: u64, tx: mpsc::SyncSender<Chunk>) -> Produce
             while pos < ext.end() {
                 let n = (ext.end() - pos).min(CHUNK);
                 for (o, l) in split_at_head(pos, n) {
-                    let mut buf = vec![0u8; l as usize];
-                    image.file.read_exact_at(&mut buf, o).with_context(|| {
-                        format!("reading bytes {o}..{} of {}", o + l, image.path.display())
-                    })?;
+                    let mut buf = buffer(l);
+                    image
+                        .file
+                        .read_exact_at(buf.as_mut_slice(), o)
+                        .with_context(|| {
+                            format!("reading bytes {o}..{} of {}", o + l, image.path.display())
+                        })?;
                     if let Some(h) = rh.as_mut() {
-                        h.update(&buf);
+                        h.update(buf.as_slice());
                     }
-                    units.add(o, &buf);
+                    units.add(o, buf.as_slice());
                     tx.send(Chunk {
                         offset: o,
                         data: buf,
@@ -362,8 +406,10 @@ fn produce(image: &Image, dev_size: u64, tx: mpsc::SyncSender<Chunk>) -> Produce
         }
         let mut advance = n as u64;
         for (o, l) in &pieces {
-            let data = buf[(o - pos) as usize..(o + l - pos) as usize].to_vec();
-            units.add(*o, &data);
+            let mut data = buffer(*l);
+            data.as_mut_slice()
+                .copy_from_slice(&buf[(o - pos) as usize..(o + l - pos) as usize]);
+            units.add(*o, data.as_slice());
             tx.send(Chunk {
                 offset: *o,
                 data,
@@ -374,7 +420,7 @@ fn produce(image: &Image, dev_size: u64, tx: mpsc::SyncSender<Chunk>) -> Produce
         if advance > 0 {
             tx.send(Chunk {
                 offset: end,
-                data: Vec::new(),
+                data: buffer(0),
                 advance,
             })
             .map_err(|_| stopped())?;
