@@ -79,7 +79,8 @@ leaves a card that does not boot half-written.
 Exit codes: 0 done, 1 error, 2 usage, 3 target refused by a safety check, \
 4 not confirmed, 5 verification failed.";
 
-/// `picluster flash` arguments.
+/// Write an image to an SD card or NVMe drive: only the blocks in use, read
+/// back and verified, never to the wrong disk
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct FlashArgs {
