@@ -1,0 +1,385 @@
+//! `picluster flash IMAGE DEVICE`: write an image to an SD card or NVMe drive,
+//! only the blocks that matter, read back and verified, never to the wrong
+//! disk.
+//!
+//! Order of work (each step only if the one before succeeded):
+//! 1. Check DEVICE: a whole-disk block device (a regular file only with
+//!    `--allow-regular-file`), not holding `/`, `/boot`, `/boot/firmware`,
+//!    `/boot/efi` or swap, no partition mounted or held (`holders/`), and
+//!    open it `O_EXCL`; then no smaller than the image.
+//! 2. Decide what to write (see [`source`]): a bmap's ranges, the ranges
+//!    computed from a raw image's filesystems, or a compressed image whole.
+//! 3. Show the disk (model, size, transport, removable, partitions) and ask
+//!    for `yes` unless `--yes`; without a terminal and without `--yes`, stop.
+//! 4. Zero the first MiB (and an old backup GPT) and sync: from here on an
+//!    interrupted flash leaves a disk with no partition table, which no
+//!    firmware will try to boot.
+//! 5. Write the mapped ranges except the first MiB, sync, and read them back
+//!    (O_DIRECT) comparing SHA-256 per range.
+//! 6. Write the first MiB, sync, verify it, and ask the kernel to re-read the
+//!    partition table (BLKRRPART, retried).
+//!
+//! Exit codes ([`exit_code`]): 0 done; 1 error (I/O, bad image or bmap);
+//! 2 usage; 3 target refused by a safety check; 4 not confirmed;
+//! 5 verification failed.
+
+mod buf;
+pub mod device;
+pub mod source;
+pub mod verify;
+pub mod writer;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::partition;
+
+/// Failures with their own exit code; everything else exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum FlashError {
+    /// A safety check refused the target (exit 3).
+    #[error("refusing to flash: {0}")]
+    Refused(String),
+    /// The user did not confirm, or could not be asked (exit 4).
+    #[error("{0}")]
+    NotConfirmed(String),
+    /// Read-back differs from what was written (exit 5).
+    #[error("verification failed: {0}")]
+    Mismatch(String),
+}
+
+impl FlashError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            FlashError::Refused(_) => 3,
+            FlashError::NotConfirmed(_) => 4,
+            FlashError::Mismatch(_) => 5,
+        }
+    }
+}
+
+/// The process exit code for an error returned by [`run`] or [`run_image`].
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<FlashError>())
+        .map_or(1, FlashError::exit_code)
+}
+
+pub const AFTER_HELP: &str = "\
+Only the blocks in use are written (from IMAGE.bmap if present, else computed from the \
+image's FAT and ext4 allocation maps; a compressed image without a bmap is written whole). \
+The first MiB, holding the partition table, is written last, so an interrupted flash \
+leaves a card that does not boot half-written.
+
+Exit codes: 0 done, 1 error, 2 usage, 3 target refused by a safety check, \
+4 not confirmed, 5 verification failed.";
+
+/// Write an image to an SD card or NVMe drive: only the blocks in use, read
+/// back and verified, never to the wrong disk
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct FlashArgs {
+    /// Image to write: .img, or .img.xz / .img.gz (streamed, never unpacked to disk)
+    pub image: PathBuf,
+    /// Whole-disk device of the card or drive, e.g. /dev/sdb, /dev/mmcblk0, /dev/nvme0n1
+    pub device: PathBuf,
+    #[command(flatten)]
+    pub opts: FlashOptions,
+}
+
+/// Options shared by every way of naming the image (`IMAGE` or `--node`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FlashOptions {
+    /// Do not ask for confirmation (needed when not run from a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Skip reading the device back after writing
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Block map to use instead of IMAGE.bmap beside the image
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
+    /// Allow DEVICE to be an existing regular file (for tests; skips the
+    /// block-device checks)
+    #[arg(long)]
+    pub allow_regular_file: bool,
+}
+
+/// What a flash did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub image_size: u64,
+    /// Bytes the plan maps (what a flash must write).
+    pub mapped_bytes: u64,
+    /// Bytes actually written, including the wipe of the old table.
+    pub bytes_written: u64,
+    pub write_time: Duration,
+    pub verify_time: Option<Duration>,
+    /// Whether the kernel re-read the new partition table.
+    pub reread: bool,
+}
+
+/// Entry point for `picluster flash IMAGE DEVICE`.
+pub fn run(args: FlashArgs) -> Result<()> {
+    run_image(&args.image, &args.device, &args.opts).map(|_| ())
+}
+
+/// Flash `image` to `device`. `picluster flash --node NAME` builds the node's
+/// image and calls this with its path.
+pub fn run_image(image: &Path, device: &Path, opts: &FlashOptions) -> Result<Summary> {
+    run_with(image, device, opts, &device::System::default())
+}
+
+/// [`run_image`] against a given view of the system (tests).
+pub fn run_with(
+    image: &Path,
+    device: &Path,
+    opts: &FlashOptions,
+    sys: &device::System,
+) -> Result<Summary> {
+    let target = device::check_target(device, opts.allow_regular_file, sys)?;
+    let img = source::open(image, opts.bmap.as_deref())?;
+    if let Some(d) = &target.disk
+        && d.size < img.min_size
+    {
+        return Err(too_small(device, d.size, &img).into());
+    }
+    let (dev, dev_size) = device::open(&target)?;
+    if dev_size < img.min_size {
+        return Err(too_small(device, dev_size, &img).into());
+    }
+    let old_table = partition::read_table(&dev, device, dev_size).ok();
+
+    // What is about to happen, and consent.
+    let mut err = std::io::stderr().lock();
+    match &target.disk {
+        Some(d) => {
+            let _ = writeln!(
+                err,
+                "Target {}: {}, {}, {}, {}",
+                device.display(),
+                d.model,
+                human(dev_size),
+                d.transport,
+                if d.removable {
+                    "removable"
+                } else {
+                    "NOT removable"
+                }
+            );
+            let parts = device::describe_partitions(&dev, &target, dev_size);
+            if parts.is_empty() {
+                let _ = writeln!(err, "  no partitions");
+            }
+            for p in parts {
+                let _ = writeln!(err, "  {p}");
+            }
+        }
+        None => {
+            let _ = writeln!(err, "Target {} (a regular file)", device.display());
+        }
+    }
+    let _ = writeln!(
+        err,
+        "Image {}: {}{}, {} to write",
+        image.display(),
+        img.size
+            .map_or_else(|| format!("at least {}", human(img.min_size)), human),
+        match img.format {
+            source::Format::Raw => "",
+            source::Format::Xz => " (xz)",
+            source::Format::Gz => " (gzip)",
+        },
+        human(img.mapped_bytes())
+    );
+    match &img.plan {
+        source::PlanSource::Bmap(b) => {
+            let _ = writeln!(err, "  blocks from {}", b.display());
+        }
+        source::PlanSource::Computed(parts) => {
+            for p in parts {
+                let _ = writeln!(err, "  {p}");
+            }
+        }
+        source::PlanSource::Whole => {
+            let _ = writeln!(
+                err,
+                "  no .bmap beside the compressed image: writing every block"
+            );
+        }
+    }
+    drop(err);
+    confirm(device, opts.yes)?;
+
+    let started = Instant::now();
+    let mut bytes_written = writer::wipe(
+        &dev,
+        device,
+        dev_size,
+        old_table.is_some_and(|t| t.kind == partition::TableKind::Gpt),
+    )?;
+    let total = match &img.ranges {
+        Some(_) => img.mapped_bytes(),
+        None => img.size.unwrap_or(img.min_size),
+    };
+    let wbar = progress(total, "writing");
+    // O_DIRECT where the device (or file system) allows it.
+    let direct = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_DIRECT | nix::libc::O_CLOEXEC)
+        .open(device)
+        .ok();
+    let written = writer::write_body(
+        &img,
+        &dev,
+        direct.as_ref(),
+        device,
+        dev_size,
+        !opts.no_verify,
+        &wbar,
+    )?;
+    if let Some(d) = &direct {
+        d.sync_data()
+            .with_context(|| format!("cannot flush {}", device.display()))?;
+    }
+    drop(direct);
+    dev.sync_data()
+        .with_context(|| format!("cannot flush {}", device.display()))?;
+    wbar.finish_and_clear();
+    bytes_written += written.bytes_written;
+    let mut write_time = started.elapsed();
+
+    let mut verify_time = None;
+    if !opts.no_verify {
+        let t = Instant::now();
+        let total: u64 = written.body.iter().map(|u| u.extent.len).sum();
+        let vbar = progress(total, "verifying");
+        verify::verify(device, &written.body, &vbar)?;
+        vbar.finish_and_clear();
+        verify_time = Some(t.elapsed());
+    }
+
+    let t = Instant::now();
+    bytes_written += writer::write_head(&dev, device, &written.head)?;
+    write_time += t.elapsed();
+    if !opts.no_verify {
+        let t = Instant::now();
+        verify::verify(device, &written.head_units, &ProgressBar::hidden())?;
+        verify_time = verify_time.map(|v| v + t.elapsed());
+    }
+    let reread = if target.disk.is_some() {
+        match writer::reread_partitions(&dev) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!(
+                    "warning: the kernel did not re-read the partition table of {} ({e}); unplug and replug the card before using it",
+                    device.display()
+                );
+                false
+            }
+        }
+    } else {
+        false
+    };
+    drop(dev);
+
+    let summary = Summary {
+        image_size: written.image_size,
+        mapped_bytes: img.mapped_bytes(),
+        bytes_written,
+        write_time,
+        verify_time,
+        reread,
+    };
+    eprintln!(
+        "Wrote {} of the {} image to {} in {:.1} s ({}/s){}.",
+        human(summary.bytes_written),
+        human(summary.image_size),
+        device.display(),
+        write_time.as_secs_f64(),
+        human((summary.bytes_written as f64 / write_time.as_secs_f64().max(1e-3)) as u64),
+        match verify_time {
+            Some(v) => format!("; verified in {:.1} s", v.as_secs_f64()),
+            None => "; not verified (--no-verify)".into(),
+        }
+    );
+    Ok(summary)
+}
+
+fn too_small(device: &Path, size: u64, img: &source::Image) -> FlashError {
+    FlashError::Refused(format!(
+        "{} holds {} ({size} bytes) but the image {} needs {} ({} bytes); use a larger card or drive",
+        device.display(),
+        human(size),
+        img.path.display(),
+        human(img.min_size),
+        img.min_size
+    ))
+}
+
+/// Ask on the terminal; refuse without one unless `--yes`.
+fn confirm(device: &Path, yes: bool) -> Result<(), FlashError> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(FlashError::NotConfirmed(format!(
+            "not flashing {}: no terminal to confirm on; pass --yes to flash without asking",
+            device.display()
+        )));
+    }
+    eprint!(
+        "Everything on {} will be overwritten. Type \"yes\" to continue: ",
+        device.display()
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    if line.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(FlashError::NotConfirmed(format!(
+            "not flashing {}: not confirmed",
+            device.display()
+        )))
+    }
+}
+
+/// A progress bar on stderr with throughput and ETA; hidden unless stderr is
+/// a terminal.
+fn progress(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+/// "1.5 GiB".
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
