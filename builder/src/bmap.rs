@@ -88,11 +88,32 @@ impl Bmap {
         block_size: u64,
         ranges: &[Extent],
     ) -> Result<Bmap, BmapError> {
+        Bmap::from_ranges_with(file, path, image_size, block_size, ranges, &|_| None)
+    }
+
+    /// As [`Bmap::from_ranges`], taking the checksum of a range from `known`
+    /// when it has one (ranges whose bytes are known to equal an earlier image's).
+    pub fn from_ranges_with(
+        file: &File,
+        path: &Path,
+        image_size: u64,
+        block_size: u64,
+        ranges: &[Extent],
+        known: &dyn Fn(Extent) -> Option<[u8; 32]>,
+    ) -> Result<Bmap, BmapError> {
         let mut buf = vec![0u8; 4 << 20];
         let mut out = Vec::with_capacity(ranges.len());
         for r in ranges {
-            let mut h = Sha256::new();
             let end = r.end().min(image_size);
+            if let Some(sha) = known(*r) {
+                out.push(BmapRange {
+                    first: r.start / block_size,
+                    last: end.div_ceil(block_size) - 1,
+                    sha256: Some(sha),
+                });
+                continue;
+            }
+            let mut h = Sha256::new();
             let mut pos = r.start;
             while pos < end {
                 let n = (end - pos).min(buf.len() as u64) as usize;

@@ -29,6 +29,8 @@ pub enum Command {
     Build(cmd::build::BuildArgs),
     /// Show what an image contains (partitions, OS, boot files, picluster node).
     Inspect(cmd::inspect::InspectArgs),
+    /// Write an image to an SD card or NVMe drive: only the blocks in use, verified.
+    Flash(cmd::flash::FlashCmd),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -41,5 +43,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Build(a) => cmd::build::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Flash(a) => cmd::flash::run(a),
     }
 }

@@ -8,7 +8,9 @@ use std::io::{self, BufWriter, Read, Write};
 use crate::digest;
 use crate::interrupt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Compress {
     None,

@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod flash;
 pub mod interrupt;
 pub mod k3s;
+pub mod nodemap;
 pub mod obtain;
 pub mod partition;
 pub mod progress;

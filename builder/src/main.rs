@@ -6,7 +6,9 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // Flash refusals, declined confirmations and failed verification
+            // have their own documented exit codes.
+            std::process::ExitCode::from(picluster::flash::exit_code(&e) as u8)
         }
     }
 }

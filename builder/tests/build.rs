@@ -4,84 +4,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use support::http::Server;
 use support::*;
 
-const VERSION: &str = "v1.33.5+k3s1";
-
-struct Setup {
-    dir: tempfile::TempDir,
-    server: Server,
-    base_img: PathBuf,
-}
-
-impl Setup {
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    fn cache(&self) -> PathBuf {
-        self.path("cache")
-    }
-    fn config(&self) -> PathBuf {
-        self.path("cluster/cluster.toml")
-    }
-    fn cmd(&self) -> Command {
-        picluster(&self.cache())
-    }
-    fn build(&self, out: &str, extra: &[&str]) -> Command {
-        let mut c = self.cmd();
-        c.arg("build")
-            .arg("-c")
-            .arg(self.config())
-            .arg("--out")
-            .arg(self.path(out))
-            .args(extra);
-        c
-    }
-}
-
-/// A cluster directory made by `picluster init`, pointed at the local server.
-fn setup(fixture_args: &[&str]) -> Setup {
-    let mut args = vec!["--xz"];
-    args.extend_from_slice(fixture_args);
-    let base_img = fixture(&args);
-    let dir = tempfile::tempdir().unwrap();
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    for f in ["base.img.xz", "base.img.xz.sha256"] {
-        std::fs::copy(base_img.with_file_name(f), www.join(f)).unwrap();
-    }
-    k3s_mirror(&www.join("k3s"), VERSION, 3 << 20);
-    let server = Server::start(&www);
-    let key = ssh_key(dir.path());
-    std::fs::write(dir.path().join("key.pub"), format!("{key}\n")).unwrap();
-    let s = Setup {
-        dir,
-        server,
-        base_img,
-    };
-    run(s
-        .cmd()
-        .arg("init")
-        .arg(s.path("cluster"))
-        .arg("--ssh-key")
-        .arg(s.path("key.pub")));
-    let text = std::fs::read_to_string(s.config()).unwrap();
-    let text = text
-        .replace(
-            "# k3s_mirror = \"https://mirror.lan/k3s\"",
-            &format!("k3s_mirror = \"{}\"", s.server.url("k3s")),
-        )
-        .replace(
-            "base = \"raspios-bookworm-arm64-lite\"",
-            &format!("url = \"{}\"", s.server.url("base.img.xz")),
-        );
-    std::fs::write(s.config(), text).unwrap();
-    s
-}
+use support::cluster::{VERSION, setup};
 
 fn mtype(part: &Path, name: &str) -> String {
     run(Command::new("mtype")
@@ -119,9 +47,13 @@ fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
             "SHA256SUMS",
             "build.json",
             "pi-master.img",
+            "pi-master.img.bmap",
             "pi-worker-1.img",
+            "pi-worker-1.img.bmap",
             "pi-worker-2.img",
-            "pi-worker-3.img"
+            "pi-worker-2.img.bmap",
+            "pi-worker-3.img",
+            "pi-worker-3.img.bmap",
         ]
     );
     // Checksums hold, by sha256sum itself.

@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use picluster::bmap::Bmap;
 use picluster::flash::device::System;
-use picluster::flash::{self, FlashArgs, FlashOptions};
+use picluster::flash::{self, FlashOptions};
 use picluster::usedblocks::{self, DEFAULT_BLOCK_SIZE};
 use support::{fixture, run};
 
@@ -137,43 +136,10 @@ fn fsck_both(l: &Loop) {
     run(Command::new("e2fsck").arg("-fn").arg(l.part(2)));
 }
 
-/// The test binary runs itself as a separate `picluster flash` process
-/// (for no-terminal and kill tests); this is that process's body.
-#[derive(Parser)]
-struct ChildCli {
-    #[command(flatten)]
-    args: FlashArgs,
-}
-
-#[test]
-#[ignore = "not a test: the child process that other tests spawn"]
-fn flash_child() {
-    let Ok(args) = std::env::var("PICLUSTER_FLASH_CHILD") else {
-        return;
-    };
-    let argv = std::iter::once("flash").chain(args.split('\x1f'));
-    let cli = ChildCli::parse_from(argv);
-    let code = match flash::run(cli.args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            flash::exit_code(&e)
-        }
-    };
-    std::process::exit(code);
-}
-
+/// The real `picluster flash`, with no terminal on stdin.
 fn child(args: &[&str]) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "--exact",
-        "flash_child",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("PICLUSTER_FLASH_CHILD", args.join("\x1f"))
-    .stdin(Stdio::null());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_picluster"));
+    c.arg("flash").args(args).stdin(Stdio::null());
     c
 }
 
@@ -578,4 +544,46 @@ fn an_interrupted_flash_leaves_no_partition_table_and_a_second_flash_succeeds() 
     assert!(sum.verify_time.is_some());
     cmp_mapped(&img, &l.dev);
     fsck_both(&l);
+}
+
+#[test]
+fn flash_node_builds_then_reuses_the_image() {
+    let s = support::cluster::setup(&[]);
+    let size = std::fs::metadata(&s.base_img).unwrap().len();
+    let Some(l) = Loop::garbage(size) else {
+        return;
+    };
+    let flash_node = || {
+        let mut c = s.cmd();
+        c.args(["flash", "--yes", "--node", "pi-worker-1", "-c"])
+            .arg(s.config())
+            .arg("--out")
+            .arg(s.path("out"))
+            .arg(&l.dev)
+            .stdin(Stdio::null());
+        c
+    };
+    let first = flash_node().output().unwrap();
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{err}");
+    assert!(!err.contains("reusing"), "{err}");
+    let img = s.path("out/pi-worker-1.img");
+    cmp_mapped(&img, &l.dev);
+    fsck_both(&l);
+    let second = flash_node().output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success() && err.contains("reusing"), "{err}");
+    // A changed input (the cluster file) means a fresh build.
+    let text = std::fs::read_to_string(s.config()).unwrap();
+    std::fs::write(
+        s.config(),
+        text.replace(
+            "dns = [\"192.168.0.1\", \"1.1.1.1\"]",
+            "dns = [\"192.168.0.1\"]",
+        ),
+    )
+    .unwrap();
+    let third = flash_node().output().unwrap();
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert!(third.status.success() && !err.contains("reusing"), "{err}");
 }

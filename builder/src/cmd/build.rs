@@ -26,6 +26,7 @@ use crate::copy::{self, CopyMethod};
 use crate::digest;
 use crate::fetch::Fetcher;
 use crate::k3s::{self, K3sAssets};
+use crate::nodemap::{self, RootRanges};
 use crate::obtain::{self, BaseRequest, ObtainedBase};
 use crate::progress;
 
@@ -154,58 +155,83 @@ pub fn payload(agent: &AgentBinary, assets: &K3sAssets) -> Payload {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Output {
     pub node: String,
-    pub role: &'static str,
+    pub role: String,
     pub file: String,
     pub compression: Compress,
     pub size: u64,
     pub sha256: String,
     /// Size of the raw disk image (what a card must hold).
     pub image_size: u64,
+    /// The block map of the raw image, for `picluster flash` and `bmaptool copy`.
+    pub bmap: String,
+    /// Digest of everything this image was made from (except the build time):
+    /// `picluster flash --node` reuses the image while it is unchanged.
+    pub inputs_sha256: String,
 }
 
 #[derive(Debug, Serialize)]
 struct BuildRecord<'a> {
     picluster_version: &'a str,
     source_date_epoch: i64,
-    inputs: RecordInputs<'a>,
+    inputs: &'a RecordInputs,
     outputs: &'a [Output],
 }
 
 #[derive(Debug, Serialize)]
-struct RecordInputs<'a> {
-    cluster_file: Named<'a>,
-    cluster: &'a str,
-    base: Named<'a>,
-    k3s_version: &'a str,
-    k3s_binary_sha256: &'a str,
-    k3s_airgap_sha256: Option<&'a str>,
-    agent_version: &'a str,
-    agent_sha256: &'a str,
+pub struct RecordInputs {
+    picluster_version: &'static str,
+    cluster_file: Named,
+    cluster: String,
+    base: Named,
+    k3s_version: String,
+    k3s_binary_sha256: String,
+    k3s_airgap_sha256: Option<String>,
+    agent_version: String,
+    agent_sha256: String,
 }
 
 #[derive(Debug, Serialize)]
-struct Named<'a> {
+struct Named {
     name: String,
-    sha256: &'a str,
+    sha256: String,
 }
 
-pub fn run(args: &BuildArgs) -> Result<()> {
-    let started = Instant::now();
-    let Inputs { cluster, secrets } = load_inputs(&args.config, true)?;
-    let nodes = select_nodes(&cluster, &args.nodes)?;
+/// Everything a build needs before it writes images: checked inputs, the base
+/// (fetched, decompressed, validated) and the verified payload.
+pub struct Prepared {
+    pub cluster: Cluster,
+    secrets: Secrets,
+    secrets_sha256: String,
+    pub epoch: i64,
+    obtained: ObtainedBase,
+    base: BaseImage,
+    render: RenderInputs,
+    payload: Payload,
+    root_ranges: RootRanges,
+    pub record: RecordInputs,
+}
+
+/// Load, fetch and check everything; print what was found.
+pub fn prepare(
+    config: &Path,
+    base_override: Option<&str>,
+    agent_path: Option<&Path>,
+) -> Result<Prepared> {
+    let Inputs { cluster, secrets } = load_inputs(config, true)?;
+    let secrets_sha256 = digest::file_sha256(&picluster_profiles::secrets::secrets_path(config))?.0;
     let epoch = build_epoch()?;
-    let agent = agent::locate(args.agent.as_deref())?;
+    let agent = agent::locate(agent_path)?;
     progress::step(format!(
         "agent: picluster-node {} ({})",
         agent.version,
         agent.path.display()
     ));
-
-    let fetcher = Fetcher::new(Cache::from_env().context("cannot open the download cache")?)?;
-    let obtained = obtain::obtain(&fetcher, &BaseRequest::new(&cluster, args.base.as_deref()))
+    let cache = Cache::from_env().context("cannot open the download cache")?;
+    let fetcher = Fetcher::new(cache.clone())?;
+    let obtained = obtain::obtain(&fetcher, &BaseRequest::new(&cluster, base_override))
         .context("cannot obtain the base image")?;
     let base = base::inspect(&obtained.raw)?;
     base.validate()?;
@@ -216,108 +242,213 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         if obtained.warm { "warm" } else { "cold" }
     ));
     let assets = k3s::fetch_assets(&fetcher, &cluster).context("cannot obtain the K3s release")?;
-
-    fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let lock_path = args.out.join(".picluster-build.lock");
-    let lock = File::create(&lock_path)
-        .with_context(|| format!("cannot write in {}", args.out.display()))?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "another picluster build is writing to {}; wait for it to finish",
-            args.out.display()
-        );
-    }
-    check_space(&args.out, &obtained.raw, nodes.len())?;
-
-    let inputs = render_inputs(epoch, &assets);
-    let payload = payload(&agent, &assets);
-    let mut staged = Vec::new();
-    let mut outputs = Vec::new();
-    // Raw images are hashed on a second thread while the next node is copied
-    // and patched: hashing is CPU-bound, copying mostly I/O.
-    std::thread::scope(|scope| -> Result<()> {
-        let (to_hash, queue) = std::sync::mpsc::channel::<(usize, PathBuf)>();
-        let hasher = scope.spawn(move || {
-            queue
-                .iter()
-                .map(|(i, path)| (i, digest::file_sha256(&path)))
-                .collect::<Vec<_>>()
-        });
-        for (i, node) in nodes.iter().enumerate() {
-            let t = Instant::now();
-            let (file, output, method) = build_node(
-                &args.out,
-                &cluster,
-                &secrets,
-                node,
-                &base,
-                &obtained,
-                &inputs,
-                &payload,
-                args.compress,
-                epoch,
-            )
-            .with_context(|| format!("cannot build the image of {}", node.name))?;
-            progress::step(format!(
-                "{}: {} ({}, {:.1}s)",
-                node.name,
-                output.file,
-                match method {
-                    CopyMethod::Reflink => "reflink",
-                    CopyMethod::Sparse => "sparse copy",
-                },
-                t.elapsed().as_secs_f64()
-            ));
-            if output.sha256.is_empty() {
-                let _ = to_hash.send((i, file.path().to_path_buf()));
-            }
-            staged.push(file);
-            outputs.push(output);
-        }
-        drop(to_hash);
-        for (i, result) in hasher.join().expect("hashing thread does not panic") {
-            let (sha256, size) =
-                result.with_context(|| format!("cannot hash the image of {}", outputs[i].node))?;
-            outputs[i].sha256 = sha256;
-            outputs[i].size = size;
-        }
-        Ok(())
-    })?;
-
-    // All nodes built: publish together.
-    for s in staged {
-        let dest = s.dest().to_path_buf();
-        s.commit()
-            .with_context(|| format!("cannot write {}", dest.display()))?;
-    }
-    write_sums(&args.out, &outputs)?;
-    let record = BuildRecord {
+    let root_ranges = RootRanges::load_or_compute(
+        &nodemap::cache_file(&cache, &obtained.source_sha256),
+        &obtained.raw,
+        base.root,
+    )
+    .context("cannot map the base image's root filesystem")?;
+    let record = RecordInputs {
         picluster_version: env!("CARGO_PKG_VERSION"),
-        source_date_epoch: epoch,
-        inputs: RecordInputs {
-            cluster_file: Named {
-                name: file_name(&cluster.path),
-                sha256: &cluster.sha256,
-            },
-            cluster: &cluster.name,
-            base: Named {
-                name: obtained.source_name.clone(),
-                sha256: &obtained.source_sha256,
-            },
-            k3s_version: &cluster.k3s.version,
-            k3s_binary_sha256: &assets.binary.sha256,
-            k3s_airgap_sha256: assets.airgap.as_ref().map(|a| a.sha256.as_str()),
-            agent_version: &agent.version,
-            agent_sha256: &agent.sha256,
+        cluster_file: Named {
+            name: file_name(&cluster.path),
+            sha256: cluster.sha256.clone(),
         },
-        outputs: &outputs,
+        cluster: cluster.name.clone(),
+        base: Named {
+            name: obtained.source_name.clone(),
+            sha256: obtained.source_sha256.clone(),
+        },
+        k3s_version: cluster.k3s.version.clone(),
+        k3s_binary_sha256: assets.binary.sha256.clone(),
+        k3s_airgap_sha256: assets.airgap.as_ref().map(|a| a.sha256.clone()),
+        agent_version: agent.version.clone(),
+        agent_sha256: agent.sha256.clone(),
     };
-    let mut json = serde_json::to_vec_pretty(&record)?;
-    json.push(b'\n');
-    atomic::write(&args.out.join("build.json"), &json, 0o644).context("cannot write build.json")?;
-    drop(lock);
-    let _ = fs::remove_file(&lock_path);
+    Ok(Prepared {
+        render: render_inputs(epoch, &assets),
+        payload: payload(&agent, &assets),
+        cluster,
+        secrets,
+        secrets_sha256,
+        epoch,
+        obtained,
+        base,
+        root_ranges,
+        record,
+    })
+}
+
+impl Prepared {
+    /// Digest of what `node`'s image is made from, except the build time.
+    pub fn inputs_sha256(&self, node: &Node, how: Compress) -> String {
+        let text = serde_json::json!({
+            "inputs": &self.record,
+            "secrets_sha256": &self.secrets_sha256,
+            "node": &node.name,
+            "compression": how,
+        });
+        digest::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+            text.to_string().as_bytes(),
+        ))
+    }
+
+    /// Build `nodes` into `out`: every file staged, then published together.
+    pub fn build(&self, out: &Path, nodes: &[&Node], how: Compress) -> Result<Vec<Output>> {
+        fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let lock_path = out.join(".picluster-build.lock");
+        let lock = File::create(&lock_path)
+            .with_context(|| format!("cannot write in {}", out.display()))?;
+        if lock.try_lock().is_err() {
+            bail!(
+                "another picluster build is writing to {}; wait for it to finish",
+                out.display()
+            );
+        }
+        check_space(out, &self.obtained.raw, nodes.len())?;
+        let mut staged = Vec::new();
+        let mut outputs = Vec::new();
+        // Raw images are hashed on a second thread while the next node is copied
+        // and patched: hashing is CPU-bound, copying mostly I/O.
+        std::thread::scope(|scope| -> Result<()> {
+            let (to_hash, queue) = std::sync::mpsc::channel::<(usize, PathBuf)>();
+            let hasher = scope.spawn(move || {
+                queue
+                    .iter()
+                    .map(|(i, path)| (i, digest::file_sha256(&path)))
+                    .collect::<Vec<_>>()
+            });
+            for (i, node) in nodes.iter().enumerate() {
+                let t = Instant::now();
+                let built = self
+                    .build_node(out, node, how)
+                    .with_context(|| format!("cannot build the image of {}", node.name))?;
+                progress::step(format!(
+                    "{}: {} ({}, {:.1}s)",
+                    node.name,
+                    built.output.file,
+                    match built.method {
+                        CopyMethod::Reflink => "reflink",
+                        CopyMethod::Sparse => "sparse copy",
+                    },
+                    t.elapsed().as_secs_f64()
+                ));
+                if built.output.sha256.is_empty() {
+                    let _ = to_hash.send((i, built.image.path().to_path_buf()));
+                }
+                staged.push(built.image);
+                staged.push(built.bmap);
+                outputs.push(built.output);
+            }
+            drop(to_hash);
+            for (i, result) in hasher.join().expect("hashing thread does not panic") {
+                let (sha256, size) = result
+                    .with_context(|| format!("cannot hash the image of {}", outputs[i].node))?;
+                outputs[i].sha256 = sha256;
+                outputs[i].size = size;
+            }
+            Ok(())
+        })?;
+
+        // All nodes built: publish together.
+        for s in staged {
+            let dest = s.dest().to_path_buf();
+            s.commit()
+                .with_context(|| format!("cannot write {}", dest.display()))?;
+        }
+        write_sums(out, &outputs)?;
+        let record = BuildRecord {
+            picluster_version: env!("CARGO_PKG_VERSION"),
+            source_date_epoch: self.epoch,
+            inputs: &self.record,
+            outputs: &outputs,
+        };
+        let mut json = serde_json::to_vec_pretty(&record)?;
+        json.push(b'\n');
+        atomic::write(&out.join("build.json"), &json, 0o644).context("cannot write build.json")?;
+        drop(lock);
+        let _ = fs::remove_file(&lock_path);
+        Ok(outputs)
+    }
+
+    fn build_node(&self, out: &Path, node: &Node, how: Compress) -> Result<BuiltNode> {
+        let (bundle, node_secrets) =
+            render::render_node(&self.cluster, &self.secrets, node, &self.render)?;
+        let files = bootfiles::boot_files(
+            &self.base.cmdline,
+            &self.base.config_txt,
+            &self.cluster,
+            node,
+            &bundle,
+            &node_secrets,
+            &self.payload,
+        );
+        let name = format!("{}{}", node.name, how.suffix());
+        let raw_name = format!("{}.img", node.name);
+        let src = File::open(&self.obtained.raw)
+            .with_context(|| format!("cannot open {}", self.obtained.raw.display()))?;
+
+        // The raw image: the final file itself, or a temporary one to compress.
+        let raw = Staged::new(&out.join(&raw_name))?;
+        raw.set_mode(0o644)?;
+        let method = copy::copy_image(&src, raw.file()).context("cannot copy the base image")?;
+        bootfiles::write(raw.file(), self.base.boot, &files, self.epoch)
+            .context("cannot patch the boot partition")?;
+        let image_size = raw.file().metadata()?.len();
+        let bmap_name = format!("{raw_name}.bmap");
+        let bmap = Staged::new(&out.join(&bmap_name))?;
+        bmap.set_mode(0o644)?;
+        let map = self
+            .root_ranges
+            .node_bmap(raw.file(), raw.path())
+            .context("cannot map the image's used blocks")?;
+        std::io::Write::write_all(&mut bmap.file(), map.to_xml().as_bytes())?;
+
+        // Raw images are hashed by the caller (on another thread): empty digest.
+        let (image, sha256, size) = if how == Compress::None {
+            (raw, String::new(), image_size)
+        } else {
+            let staged = Staged::new(&out.join(&name))?;
+            staged.set_mode(0o644)?;
+            let bar = progress::bytes(image_size, format!("compress {}", node.name));
+            let mut reader = File::open(raw.path())?;
+            let (sha, size) = compress::compress(&mut reader, staged.file(), how, &bar)
+                .with_context(|| format!("cannot compress {name}"))?;
+            bar.finish_and_clear();
+            drop(raw); // removes the temporary raw image
+            (staged, sha, size)
+        };
+        Ok(BuiltNode {
+            image,
+            bmap,
+            output: Output {
+                node: node.name.clone(),
+                role: node.role.as_str().to_string(),
+                file: name,
+                compression: how,
+                size,
+                sha256,
+                image_size,
+                bmap: bmap_name,
+                inputs_sha256: self.inputs_sha256(node, how),
+            },
+            method,
+        })
+    }
+}
+
+struct BuiltNode {
+    image: Staged,
+    bmap: Staged,
+    output: Output,
+    method: CopyMethod,
+}
+
+pub fn run(args: &BuildArgs) -> Result<()> {
+    let started = Instant::now();
+    let prepared = prepare(&args.config, args.base.as_deref(), args.agent.as_deref())?;
+    let nodes = select_nodes(&prepared.cluster, &args.nodes)?;
+    let outputs = prepared.build(&args.out, &nodes, args.compress)?;
     progress::step(format!(
         "built {} image(s) in {} in {:.1}s; check them with: (cd {} && sha256sum -c SHA256SUMS)",
         outputs.len(),
@@ -329,71 +460,6 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         println!("{}", args.out.join(&o.file).display());
     }
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build_node(
-    out: &Path,
-    cluster: &Cluster,
-    secrets: &Secrets,
-    node: &Node,
-    base: &BaseImage,
-    obtained: &ObtainedBase,
-    inputs: &RenderInputs,
-    payload: &Payload,
-    how: Compress,
-    epoch: i64,
-) -> Result<(Staged, Output, CopyMethod)> {
-    let (bundle, node_secrets) = render::render_node(cluster, secrets, node, inputs)?;
-    let files = bootfiles::boot_files(
-        &base.cmdline,
-        &base.config_txt,
-        cluster,
-        node,
-        &bundle,
-        &node_secrets,
-        payload,
-    );
-    let name = format!("{}{}", node.name, how.suffix());
-    let dest = out.join(&name);
-    let src = File::open(&obtained.raw)
-        .with_context(|| format!("cannot open {}", obtained.raw.display()))?;
-
-    // The raw image: the final file itself, or a temporary one to compress.
-    let raw_staged = Staged::new(&out.join(format!("{}.img", node.name)))?;
-    raw_staged.set_mode(0o644)?;
-    let method = copy::copy_image(&src, raw_staged.file()).context("cannot copy the base image")?;
-    bootfiles::write(raw_staged.file(), base.boot, &files, epoch)
-        .context("cannot patch the boot partition")?;
-    let image_size = raw_staged.file().metadata()?.len();
-
-    // Raw images are hashed by the caller (on another thread): empty digest.
-    let (staged, sha256, size) = if how == Compress::None {
-        (raw_staged, String::new(), image_size)
-    } else {
-        let staged = Staged::new(&dest)?;
-        staged.set_mode(0o644)?;
-        let bar = progress::bytes(image_size, format!("compress {}", node.name));
-        let mut reader = File::open(raw_staged.path())?;
-        let (sha, size) = compress::compress(&mut reader, staged.file(), how, &bar)
-            .with_context(|| format!("cannot compress {name}"))?;
-        bar.finish_and_clear();
-        drop(raw_staged); // removes the temporary raw image
-        (staged, sha, size)
-    };
-    Ok((
-        staged,
-        Output {
-            node: node.name.clone(),
-            role: node.role.as_str(),
-            file: name,
-            compression: how,
-            size,
-            sha256,
-            image_size,
-        },
-        method,
-    ))
 }
 
 /// Write SHA256SUMS: this build's outputs, plus entries of earlier builds whose
@@ -412,6 +478,9 @@ fn write_sums(out: &Path, outputs: &[Output]) -> Result<()> {
     }
     for o in outputs {
         sums.insert(o.file.clone(), o.sha256.clone());
+        let bmap = digest::file_sha256(&out.join(&o.bmap))
+            .with_context(|| format!("cannot read {}", o.bmap))?;
+        sums.insert(o.bmap.clone(), bmap.0);
     }
     let text: String = sums.iter().map(|(f, d)| format!("{d}  {f}\n")).collect();
     atomic::write(&path, text.as_bytes(), 0o644).context("cannot write SHA256SUMS")

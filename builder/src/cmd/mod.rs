@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod fetch;
+pub mod flash;
 pub mod init;
 pub mod inspect;
 pub mod plan;

@@ -79,19 +79,6 @@ leaves a card that does not boot half-written.
 Exit codes: 0 done, 1 error, 2 usage, 3 target refused by a safety check, \
 4 not confirmed, 5 verification failed.";
 
-/// Write an image to an SD card or NVMe drive: only the blocks in use, read
-/// back and verified, never to the wrong disk
-#[derive(Debug, Clone, clap::Args)]
-#[command(after_help = AFTER_HELP)]
-pub struct FlashArgs {
-    /// Image to write: .img, or .img.xz / .img.gz (streamed, never unpacked to disk)
-    pub image: PathBuf,
-    /// Whole-disk device of the card or drive, e.g. /dev/sdb, /dev/mmcblk0, /dev/nvme0n1
-    pub device: PathBuf,
-    #[command(flatten)]
-    pub opts: FlashOptions,
-}
-
 /// Options shared by every way of naming the image (`IMAGE` or `--node`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct FlashOptions {
@@ -125,10 +112,6 @@ pub struct Summary {
 }
 
 /// Entry point for `picluster flash IMAGE DEVICE`.
-pub fn run(args: FlashArgs) -> Result<()> {
-    run_image(&args.image, &args.device, &args.opts).map(|_| ())
-}
-
 /// Flash `image` to `device`. `picluster flash --node NAME` builds the node's
 /// image and calls this with its path.
 pub fn run_image(image: &Path, device: &Path, opts: &FlashOptions) -> Result<Summary> {

@@ -93,6 +93,7 @@ pub fn sha256_file(path: &Path) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+pub mod cluster;
 pub mod http;
 
 /// The aarch64 node agent: `$PICLUSTER_AGENT`, or this workspace's cross-build
