@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::partition::Extent;
-use crate::region::Region;
+use crate::region::{CachedRegion, PageCache};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootFsError {
@@ -115,7 +115,8 @@ pub fn dos_datetime(epoch: i64) -> fatfs::DateTime {
 }
 
 pub struct BootFs<'f> {
-    fs: fatfs::FileSystem<Region<'f>>,
+    fs: fatfs::FileSystem<CachedRegion<'f>>,
+    cache: std::rc::Rc<std::cell::RefCell<PageCache<'f>>>,
 }
 
 impl<'f> BootFs<'f> {
@@ -125,12 +126,13 @@ impl<'f> BootFs<'f> {
         let options = fatfs::FsOptions::new()
             .update_accessed_date(false)
             .time_provider(time_provider(epoch));
-        let fs = fatfs::FileSystem::new(Region::new(file, extent), options)
+        let cache = std::rc::Rc::new(std::cell::RefCell::new(PageCache::new(file, extent)));
+        let fs = fatfs::FileSystem::new(CachedRegion::new(cache.clone()), options)
             .map_err(BootFsError::NotFat)?;
         if fs.fat_type() != fatfs::FatType::Fat32 {
             return Err(BootFsError::NotFat32(format!("{:?}", fs.fat_type())));
         }
-        Ok(BootFs { fs })
+        Ok(BootFs { fs, cache })
     }
 
     pub fn label(&self) -> String {
@@ -226,7 +228,11 @@ impl<'f> BootFs<'f> {
 
     /// Flush and mark the filesystem clean.
     pub fn close(self) -> Result<(), BootFsError> {
-        self.fs.unmount().map_err(BootFsError::Unmount)
+        self.fs.unmount().map_err(BootFsError::Unmount)?;
+        self.cache
+            .borrow_mut()
+            .flush()
+            .map_err(BootFsError::Unmount)
     }
 }
 
