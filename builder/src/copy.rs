@@ -1,6 +1,5 @@
-//! Making a node image from the cached base: a reflink where the filesystem
-//! supports it (btrfs, XFS: instant, no extra space), else a sparse in-kernel
-//! copy that skips the holes.
+//! Copying image data: a reflink where the filesystem supports it (btrfs,
+//! XFS: instant, no extra space), else sparse in-kernel copies that skip holes.
 
 use std::fs::File;
 use std::io;
@@ -8,6 +7,7 @@ use std::io;
 use rustix::fs::SeekFrom;
 
 use crate::interrupt;
+use crate::partition::Extent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -16,31 +16,59 @@ pub enum CopyMethod {
     Sparse,
 }
 
+/// Make the empty `dst` share all of `src`'s blocks, where the filesystem can.
+/// (`PICLUSTER_NO_REFLINK` turns this off, to measure the copying path.)
+pub fn reflink(src: &File, dst: &File) -> bool {
+    std::env::var_os("PICLUSTER_NO_REFLINK").is_none()
+        && rustix::fs::ioctl_ficlone(dst, src).is_ok()
+}
+
 /// Make `dst` (empty) a copy of `src`.
 pub fn copy_image(src: &File, dst: &File) -> io::Result<CopyMethod> {
-    let len = src.metadata()?.len();
-    if std::env::var_os("PICLUSTER_NO_REFLINK").is_none()
-        && rustix::fs::ioctl_ficlone(dst, src).is_ok()
-    {
+    if reflink(src, dst) {
         return Ok(CopyMethod::Reflink);
     }
-    sparse_copy(src, dst, len)?;
+    let len = src.metadata()?.len();
+    dst.set_len(len)?;
+    sparse_copy_range(src, dst, 0, len)?;
     Ok(CopyMethod::Sparse)
 }
 
-/// Copy only the data regions of `src` (SEEK_DATA/SEEK_HOLE), in the kernel.
-pub fn sparse_copy(src: &File, dst: &File, len: u64) -> io::Result<()> {
-    dst.set_len(len)?;
-    let mut pos = 0u64;
-    while pos < len {
-        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+/// The data regions of `file` within `start..end` (everything else is holes).
+/// Files without SEEK_DATA support are reported as all data.
+pub fn data_extents(file: &File, start: u64, end: u64) -> io::Result<Vec<Extent>> {
+    let mut out = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let data = match rustix::fs::seek(file, SeekFrom::Data(pos)) {
             Ok(d) => d,
             Err(rustix::io::Errno::NXIO) => break, // only a hole remains
+            Err(rustix::io::Errno::INVAL) if out.is_empty() && pos == start => {
+                return Ok(vec![Extent {
+                    start,
+                    len: end - start,
+                }]);
+            }
             Err(e) => return Err(e.into()),
         };
-        let hole = rustix::fs::seek(src, SeekFrom::Hole(data))?.min(len);
-        copy_range(src, dst, data, hole - data)?;
+        if data >= end {
+            break;
+        }
+        let hole = rustix::fs::seek(file, SeekFrom::Hole(data))?.min(end);
+        out.push(Extent {
+            start: data,
+            len: hole - data,
+        });
         pos = hole;
+    }
+    Ok(out)
+}
+
+/// Copy the data regions of `src` within `start..end` to the same offsets of
+/// `dst` (which must already be long enough), in the kernel.
+pub fn sparse_copy_range(src: &File, dst: &File, start: u64, end: u64) -> io::Result<()> {
+    for e in data_extents(src, start, end)? {
+        copy_range(src, dst, e.start, e.len)?;
     }
     Ok(())
 }
@@ -96,6 +124,9 @@ mod tests {
         src.write_all_at(b"hello", 1 << 20).unwrap();
         src.write_all_at(b"world", 40 << 20).unwrap();
         let src = File::open(dir.path().join("src")).unwrap();
+        let ext = data_extents(&src, 0, 64 << 20).unwrap();
+        assert_eq!(ext.len(), 2);
+        assert!(ext[0].start <= 1 << 20 && ext[0].end() >= (1 << 20) + 5);
         let dst = File::options()
             .read(true)
             .write(true)
@@ -103,7 +134,7 @@ mod tests {
             .truncate(true)
             .open(dir.path().join("dst"))
             .unwrap();
-        sparse_copy(&src, &dst, 64 << 20).unwrap();
+        assert_eq!(copy_image(&src, &dst).unwrap(), CopyMethod::Sparse);
         assert_eq!(
             std::fs::read(dir.path().join("src")).unwrap(),
             std::fs::read(dir.path().join("dst")).unwrap()
@@ -111,6 +142,11 @@ mod tests {
         assert!(
             dst.metadata().unwrap().blocks() * 512 < 4 << 20,
             "holes kept"
+        );
+        assert_eq!(
+            data_extents(&src, 2 << 20, 30 << 20).unwrap(),
+            vec![],
+            "a pure hole has no data"
         );
     }
 }

@@ -13,45 +13,44 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Digest and size of a file. Holes of sparse files (most of a node image)
 /// are hashed as zeros without being read.
 pub fn file_sha256(path: &Path) -> io::Result<(String, u64)> {
-    use rustix::fs::SeekFrom;
-    use std::os::unix::fs::FileExt;
-    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
     let f = File::open(path)?;
     let len = f.metadata()?.len();
-    if rustix::fs::seek(&f, SeekFrom::Data(0)).is_err() && len > 0 {
-        // No SEEK_DATA (or no data at all): read everything.
-        return reader_sha256(&mut &f);
-    }
     let mut h = Sha256::new();
+    hash_range(&mut h, &f, 0, len)?;
+    Ok((hex(&h.finalize()), len))
+}
+
+/// Zeros, for hashing holes without reading them.
+pub static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+
+/// Feed `n` zero bytes to `h`.
+pub fn hash_zeros(h: &mut Sha256, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Feed bytes `start..end` of `file` to `h`, holes as zeros without reading them.
+pub fn hash_range(h: &mut Sha256, file: &File, start: u64, end: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < len {
-        crate::interrupt::check().map_err(io::Error::other)?;
-        let data = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
-            Ok(d) => d.min(len),
-            Err(rustix::io::Errno::NXIO) => len,
-            Err(e) => return Err(e.into()),
-        };
-        let mut zeros = data - pos;
-        while zeros > 0 {
-            let n = zeros.min(ZEROS.len() as u64) as usize;
-            h.update(&ZEROS[..n]);
-            zeros -= n as u64;
-        }
-        if data == len {
-            break;
-        }
-        let hole = rustix::fs::seek(&f, SeekFrom::Hole(data))?.min(len);
-        let mut off = data;
-        while off < hole {
-            let n = ((hole - off) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], off)?;
+    let mut pos = start;
+    for e in crate::copy::data_extents(file, start, end)? {
+        hash_zeros(h, e.start - pos);
+        let mut off = e.start;
+        while off < e.end() {
+            crate::interrupt::check().map_err(io::Error::other)?;
+            let n = ((e.end() - off) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], off)?;
             h.update(&buf[..n]);
             off += n as u64;
         }
-        pos = hole;
+        pos = e.end();
     }
-    Ok((hex(&h.finalize()), len))
+    hash_zeros(h, end - pos);
+    Ok(())
 }
 
 pub fn reader_sha256(r: &mut dyn Read) -> io::Result<(String, u64)> {

@@ -1,6 +1,7 @@
 //! picluster: build ready-to-flash Raspberry Pi OS images for a K3s cluster.
 
 pub mod agent;
+pub mod assemble;
 pub mod atomic;
 pub mod base;
 pub mod bmap;

@@ -17,12 +17,12 @@ use picluster_profiles::{Cluster, Node, Secrets};
 use serde::Serialize;
 
 use crate::agent::{self, AgentBinary};
+use crate::assemble;
 use crate::atomic::{self, Staged};
 use crate::base::{self, BaseImage};
 use crate::bootfiles::{self, Content, Payload};
 use crate::cache::Cache;
 use crate::compress::{self, Compress};
-use crate::copy::{self, CopyMethod};
 use crate::digest;
 use crate::fetch::Fetcher;
 use crate::k3s::{self, K3sAssets};
@@ -306,49 +306,65 @@ impl Prepared {
             );
         }
         check_space(out, &self.obtained.raw, nodes.len())?;
+        let base = File::open(&self.obtained.raw)
+            .with_context(|| format!("cannot open {}", self.obtained.raw.display()))?;
+        // Everything before the root partition differs per node; the rest is the base's.
+        let split = self.base.root.start;
+
+        // 1. Each node's own table area and boot partition, patched.
+        let mut raws = Vec::new();
+        let mut reflinked = Vec::new();
+        for node in nodes {
+            let (raw, shared) = self
+                .start_node(out, &base, split, node)
+                .with_context(|| format!("cannot build the image of {}", node.name))?;
+            raws.push(raw);
+            reflinked.push(shared);
+        }
+
+        // 2. The shared root partition: read once, written to every image and
+        //    hashed with it (raw outputs are listed in SHA256SUMS as they are).
+        let t = Instant::now();
+        let len = base.metadata()?.len();
+        let bar = progress::bytes(len - split, "root filesystems");
+        let images: Vec<assemble::Image> = raws
+            .iter()
+            .zip(&reflinked)
+            .map(|(r, &reflinked)| assemble::Image {
+                file: r.file(),
+                reflinked,
+            })
+            .collect();
+        let digests = assemble::finish_images(&base, split, &images, how == Compress::None, &bar)
+            .context("cannot write the root partitions")?;
+        bar.finish_and_clear();
+        progress::step(format!(
+            "root filesystem: {} into {} image(s) in {:.1}s",
+            if reflinked.iter().all(|r| *r) {
+                "shared (reflink)"
+            } else {
+                "copied"
+            },
+            nodes.len(),
+            t.elapsed().as_secs_f64()
+        ));
+
+        // 3. Block maps, compression, and the record of each output.
         let mut staged = Vec::new();
         let mut outputs = Vec::new();
-        // Raw images are hashed on a second thread while the next node is copied
-        // and patched: hashing is CPU-bound, copying mostly I/O.
-        std::thread::scope(|scope| -> Result<()> {
-            let (to_hash, queue) = std::sync::mpsc::channel::<(usize, PathBuf)>();
-            let hasher = scope.spawn(move || {
-                queue
-                    .iter()
-                    .map(|(i, path)| (i, digest::file_sha256(&path)))
-                    .collect::<Vec<_>>()
-            });
-            for (i, node) in nodes.iter().enumerate() {
-                let t = Instant::now();
-                let built = self
-                    .build_node(out, node, how)
-                    .with_context(|| format!("cannot build the image of {}", node.name))?;
-                progress::step(format!(
-                    "{}: {} ({}, {:.1}s)",
-                    node.name,
-                    built.output.file,
-                    match built.method {
-                        CopyMethod::Reflink => "reflink",
-                        CopyMethod::Sparse => "sparse copy",
-                    },
-                    t.elapsed().as_secs_f64()
-                ));
-                if built.output.sha256.is_empty() {
-                    let _ = to_hash.send((i, built.image.path().to_path_buf()));
-                }
-                staged.push(built.image);
-                staged.push(built.bmap);
-                outputs.push(built.output);
-            }
-            drop(to_hash);
-            for (i, result) in hasher.join().expect("hashing thread does not panic") {
-                let (sha256, size) = result
-                    .with_context(|| format!("cannot hash the image of {}", outputs[i].node))?;
-                outputs[i].sha256 = sha256;
-                outputs[i].size = size;
-            }
-            Ok(())
-        })?;
+        for ((node, raw), digest) in nodes.iter().zip(raws).zip(digests) {
+            let (files, output) = self
+                .finish_node(out, node, raw, digest, how)
+                .with_context(|| format!("cannot build the image of {}", node.name))?;
+            progress::step(format!(
+                "{}: {} ({})",
+                node.name,
+                output.file,
+                progress::size(output.size)
+            ));
+            staged.extend(files);
+            outputs.push(output);
+        }
 
         // All nodes built: publish together.
         for s in staged {
@@ -371,7 +387,15 @@ impl Prepared {
         Ok(outputs)
     }
 
-    fn build_node(&self, out: &Path, node: &Node, how: Compress) -> Result<BuiltNode> {
+    /// A staged raw image holding the base up to `split`, with the node's boot
+    /// partition patched; and whether it is a reflink of the whole base.
+    fn start_node(
+        &self,
+        out: &Path,
+        base: &File,
+        split: u64,
+        node: &Node,
+    ) -> Result<(Staged, bool)> {
         let (bundle, node_secrets) =
             render::render_node(&self.cluster, &self.secrets, node, &self.render)?;
         let files = bootfiles::boot_files(
@@ -383,18 +407,26 @@ impl Prepared {
             &node_secrets,
             &self.payload,
         );
-        let name = format!("{}{}", node.name, how.suffix());
-        let raw_name = format!("{}.img", node.name);
-        let src = File::open(&self.obtained.raw)
-            .with_context(|| format!("cannot open {}", self.obtained.raw.display()))?;
-
-        // The raw image: the final file itself, or a temporary one to compress.
-        let raw = Staged::new(&out.join(&raw_name))?;
+        let raw = Staged::new(&out.join(format!("{}.img", node.name)))?;
         raw.set_mode(0o644)?;
-        let method = copy::copy_image(&src, raw.file()).context("cannot copy the base image")?;
+        let reflinked =
+            assemble::start_image(base, raw.file(), split).context("cannot copy the base image")?;
         bootfiles::write(raw.file(), self.base.boot, &files, self.epoch)
             .context("cannot patch the boot partition")?;
+        Ok((raw, reflinked))
+    }
+
+    /// The node's block map, and its image as the requested output.
+    fn finish_node(
+        &self,
+        out: &Path,
+        node: &Node,
+        raw: Staged,
+        digest: Option<String>,
+        how: Compress,
+    ) -> Result<(Vec<Staged>, Output)> {
         let image_size = raw.file().metadata()?.len();
+        let raw_name = format!("{}.img", node.name);
         let bmap_name = format!("{raw_name}.bmap");
         let bmap = Staged::new(&out.join(&bmap_name))?;
         bmap.set_mode(0o644)?;
@@ -404,24 +436,25 @@ impl Prepared {
             .context("cannot map the image's used blocks")?;
         std::io::Write::write_all(&mut bmap.file(), map.to_xml().as_bytes())?;
 
-        // Raw images are hashed by the caller (on another thread): empty digest.
-        let (image, sha256, size) = if how == Compress::None {
-            (raw, String::new(), image_size)
-        } else {
-            let staged = Staged::new(&out.join(&name))?;
-            staged.set_mode(0o644)?;
-            let bar = progress::bytes(image_size, format!("compress {}", node.name));
-            let mut reader = File::open(raw.path())?;
-            let (sha, size) = compress::compress(&mut reader, staged.file(), how, &bar)
-                .with_context(|| format!("cannot compress {name}"))?;
-            bar.finish_and_clear();
-            drop(raw); // removes the temporary raw image
-            (staged, sha, size)
+        let name = format!("{}{}", node.name, how.suffix());
+        let (image, sha256, size) = match (how, digest) {
+            (Compress::None, Some(sha)) => (raw, sha, image_size),
+            (Compress::None, None) => unreachable!("raw images are hashed while written"),
+            _ => {
+                let staged = Staged::new(&out.join(&name))?;
+                staged.set_mode(0o644)?;
+                let bar = progress::bytes(image_size, format!("compress {}", node.name));
+                let mut reader = File::open(raw.path())?;
+                let (sha, size) = compress::compress(&mut reader, staged.file(), how, &bar)
+                    .with_context(|| format!("cannot compress {name}"))?;
+                bar.finish_and_clear();
+                drop(raw); // removes the temporary raw image
+                (staged, sha, size)
+            }
         };
-        Ok(BuiltNode {
-            image,
-            bmap,
-            output: Output {
+        Ok((
+            vec![image, bmap],
+            Output {
                 node: node.name.clone(),
                 role: node.role.as_str().to_string(),
                 file: name,
@@ -432,16 +465,8 @@ impl Prepared {
                 bmap: bmap_name,
                 inputs_sha256: self.inputs_sha256(node, how),
             },
-            method,
-        })
+        ))
     }
-}
-
-struct BuiltNode {
-    image: Staged,
-    bmap: Staged,
-    output: Output,
-    method: CopyMethod,
 }
 
 pub fn run(args: &BuildArgs) -> Result<()> {
