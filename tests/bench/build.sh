@@ -2,7 +2,11 @@
 # Benchmark: a 4-node build from a ~1.6 GiB-in-use Raspberry Pi OS-shaped image,
 # picluster (cold and warm cache) against the naive flow, measured in one run.
 #
-#   tests/bench/build.sh [WORKDIR]     (default: target/bench-build)
+#   tests/bench/build.sh [--fs xfs] [WORKDIR]     (default WORKDIR: target/bench-build)
+#
+# With --fs xfs (root, xfsprogs) the outputs and the cache live on a loop-mounted
+# XFS with reflinks, as on a workstation with XFS or btrfs: node images then share
+# the base's blocks instead of copying them.
 #
 # Naive baseline, per node: `xz -dc base.img.xz > node.img`, then mtools edits
 # of the boot partition (cmdline.txt, config.txt, ssh, the agent, k3s-arm64, the
@@ -13,9 +17,22 @@
 # once and reused; building it takes several minutes.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
+fs=ext4
+if [ "${1:-}" = "--fs" ]; then fs=$2; shift 2; fi
 work=${1:-$repo/target/bench-build}
 mkdir -p "$work"
 cd "$work"
+if [ "$fs" = xfs ]; then
+  command -v mkfs.xfs >/dev/null || { echo "build.sh: --fs xfs needs mkfs.xfs (apt-get install xfsprogs)" >&2; exit 1; }
+  mkdir -p xfs
+  mountpoint -q xfs || {
+    rm -f xfs.img && truncate -s 40G xfs.img && mkfs.xfs -q -m reflink=1 xfs.img && mount -o loop xfs.img xfs
+  }
+  trap 'umount "$work/xfs" 2>/dev/null; rm -f "$work/xfs.img"' EXIT
+  data=$work/xfs
+else
+  data=$work
+fi
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
 
@@ -40,53 +57,54 @@ if [ ! -f mirror/$ver/k3s-arm64 ]; then
 fi
 rm -rf cluster && "$picluster" -q init cluster >/dev/null 2>&1
 sed -i "s|^# k3s_mirror = .*|k3s_mirror = \"$work/mirror\"|; s|^components = .*|components = []|" cluster/cluster.toml
-export PICLUSTER_CACHE_DIR="$work/cache"
+export PICLUSTER_CACHE_DIR="$data/cache"
 export SOURCE_DATE_EPOCH=1750000000
 
 echo "== naive: xz -dc + mtools, per node"
-rm -rf naive && mkdir naive
+naive=$data/naive out=$data/out ref=$data/ref
+rm -rf "$naive" && mkdir "$naive"
 # The files a node's boot partition receives, from picluster's own rendering.
-"$picluster" -q build -c cluster/cluster.toml --base fixture/base.img.xz --out ref --node pi-worker-1 >/dev/null
+"$picluster" -q build -c cluster/cluster.toml --base fixture/base.img.xz --out "$ref" --node pi-worker-1 >/dev/null
 start_p1=$(sfdisk -J fixture/base.img | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitiontable"]["partitions"][0]["start"]*512)')
 export MTOOLS_SKIP_CHECK=1
 mkdir -p files
 for f in cmdline.txt config.txt ssh picluster-node.json picluster-secrets.json; do
-  mcopy -o -i "ref/pi-worker-1.img@@$start_p1" "::/$f" "files/$f"
+  mcopy -o -i "$ref/pi-worker-1.img@@$start_p1" "::/$f" "files/$f"
 done
 t0=$(now)
 for node in pi-master pi-worker-1 pi-worker-2 pi-worker-3; do
-  xz -dc fixture/base.img.xz > naive/$node.img
-  img="naive/$node.img@@$start_p1"
+  xz -dc fixture/base.img.xz > "$naive/$node.img"
+  img="$naive/$node.img@@$start_p1"
   mcopy -o -i "$img" files/cmdline.txt files/config.txt files/ssh files/picluster-node.json files/picluster-secrets.json ::/
   mcopy -o -i "$img" "$PICLUSTER_AGENT" ::/picluster-node
   mcopy -o -i "$img" mirror/$ver/k3s-arm64 ::/k3s-arm64
 done
-sync -f naive
+sync -f "$naive"
 t_naive=$(secs "$t0" "$(now)")
 echo "naive: ${t_naive}s"
-rm -rf naive ref
+rm -rf "$naive" "$ref"
 
 echo "== picluster, cold cache"
-rm -rf cache out
+rm -rf "$PICLUSTER_CACHE_DIR" "$out"
 t0=$(now)
-"$picluster" build -c cluster/cluster.toml --base fixture/base.img.xz --out out >/dev/null
-sync -f out
+"$picluster" build -c cluster/cluster.toml --base fixture/base.img.xz --out "$out" >/dev/null
+sync -f "$out"
 t_cold=$(secs "$t0" "$(now)")
 echo "cold: ${t_cold}s"
 
 echo "== picluster, warm cache"
-rm -rf out
+rm -rf "$out"
 t0=$(now)
-"$picluster" build -c cluster/cluster.toml --base fixture/base.img.xz --out out >/dev/null
-sync -f out
+"$picluster" build -c cluster/cluster.toml --base fixture/base.img.xz --out "$out" >/dev/null
+sync -f "$out"
 t_warm=$(secs "$t0" "$(now)")
 echo "warm: ${t_warm}s"
-(cd out && sha256sum -c --quiet SHA256SUMS)
+(cd "$out" && sha256sum -c --quiet SHA256SUMS)
 
-python3 - "$t_naive" "$t_cold" "$t_warm" <<'PY'
+python3 - "$t_naive" "$t_cold" "$t_warm" "$fs" <<'PY'
 import sys
-naive, cold, warm = map(float, sys.argv[1:])
-print("\n4-node build, 2.6 GiB image (~1.6 GiB in use):")
+naive, cold, warm = map(float, sys.argv[1:4])
+print(f"\n4-node build, 2.6 GiB image (~1.6 GiB in use), outputs on {sys.argv[4]}:")
 print(f"  naive (xz -dc + mtools) {naive:7.1f} s   1.0x")
 print(f"  picluster, cold cache   {cold:7.1f} s   {naive/cold:4.1f}x faster (target >= 3x)")
 print(f"  picluster, warm cache   {warm:7.1f} s   {naive/warm:4.1f}x faster (target >= 10x)")
