@@ -120,7 +120,8 @@ pub fn write_sparse(r: &mut dyn Read, dst: &File) -> io::Result<u64> {
     Ok(offset)
 }
 
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Fill `buf` from `r` as far as it goes; fewer bytes only at the end of the stream.
+pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

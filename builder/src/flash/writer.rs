@@ -4,7 +4,7 @@
 //! the disk and verified.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -359,7 +359,7 @@ fn produce(
     let mut pos = 0u64;
     let mut buf = vec![0u8; CHUNK as usize];
     loop {
-        let n = read_full(&mut stream, &mut buf)
+        let n = crate::decompress::read_full(&mut stream, &mut buf)
             .with_context(|| format!("decompressing {}", image.path.display()))?;
         if n == 0 {
             break;
@@ -451,19 +451,6 @@ fn produce(
     }
     units.finish();
     Ok((units.done, pos))
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
