@@ -86,14 +86,13 @@ class Checks:
 class Ssh:
     def __init__(self, key: Path, user: str, port: int, workdir: Path):
         self.key, self.user, self.port = key, user, port
-        self.known_hosts = workdir / "known_hosts"
 
     def base(self, extra: list[str] | None = None) -> list[str]:
         return [
             "ssh",
             "-p", str(self.port),
             "-o", "StrictHostKeyChecking=no",
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
+            "-o", "UserKnownHostsFile=/dev/null",  # host keys change at the first boot
             "-o", "ConnectTimeout=20",
             "-o", "ServerAliveInterval=15",
             "-o", "LogLevel=ERROR",
@@ -471,16 +470,28 @@ def step_message(s: dict) -> str:
     return str(s.get("message") or s.get("last_error") or s.get("detail") or s.get("error") or "")
 
 
-def judge_journal(steps: list[dict]) -> tuple[bool, list[str]]:
-    """All steps done, except Ready-like steps waiting with a message."""
+def judge_journal(steps: list[dict], notice: str = "") -> tuple[bool, list[str]]:
+    """Every step done; a Ready step the stand-in cannot satisfy may be waiting
+    (pending/running/retrying) with a clear message, in its journal record or
+    in the node's login notice; steps after a waiting Ready step may be pending."""
     problems = []
     if not steps:
         return False, ["the journal lists no steps"]
+    waiting_ready = None
     for s in steps:
         name, status = step_name(s), str(s.get("status", "")).lower()
         if status == "done":
             continue
-        if READY_STEP.search(name) and status in WAITING and step_message(s).strip():
+        if waiting_ready is not None and status in ("pending", ""):
+            continue  # after Ready: cannot run before the node is Ready
+        if READY_STEP.search(name) and status in WAITING:
+            message = step_message(s).strip()
+            if not message and re.search(r"waiting.*ready", notice, re.IGNORECASE):
+                message = notice.strip()
+            if message:
+                waiting_ready = name
+                continue
+            problems.append(f"{name}: {status}, but neither the journal nor the login notice says why")
             continue
         problems.append(f"{name}: {status or 'no status'}" + (f" ({step_message(s)})" if step_message(s) else ""))
     return not problems, problems
@@ -520,25 +531,28 @@ def state_snapshot(ssh: Ssh, services: list[str]) -> list[str]:
     return lines
 
 
-def wait_for_agent(ssh: Ssh, timeout: float) -> tuple[list[dict], str]:
-    """Poll `picluster-node status` until the journal is settled (or time runs out)."""
+NOTICE = "/etc/motd.d/picluster"
+
+
+def wait_for_agent(ssh: Ssh, timeout: float) -> tuple[list[dict], str, str]:
+    """Poll `picluster-node status --json` until the journal is settled (or time
+    runs out); return its steps, the status table and the node's login notice."""
     deadline = time.monotonic() + timeout
-    table, steps, problems = "", [], ["not polled"]
+    steps: list[dict] = []
+    notice = ""
     while time.monotonic() < deadline:
         r = ssh.run("sudo picluster-node status --json", check=False)
+        notice = ssh.run(f"cat {NOTICE} 2>/dev/null", check=False).stdout
         if r.returncode == 0:
             try:
                 steps = journal_steps(json.loads(r.stdout))
             except json.JSONDecodeError:
                 steps = []
-            settled, problems = judge_journal(steps)
-            if settled:
+            if judge_journal(steps, notice)[0]:
                 break
-        else:
-            problems = [r.stderr.strip()]
         time.sleep(15)
-    table = ssh.run("sudo picluster-node status", check=False).stdout
-    return steps, table
+    table = ssh.run("sudo picluster-node status", check=False)
+    return steps, (table.stdout + table.stderr), notice
 
 
 def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture: Path, work: Path,
@@ -615,9 +629,10 @@ def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture:
                   f"{name}: picluster-secrets.json is gone from the boot partition")
 
         step(f"{name}: K3s stand-in and the agent's journal")
-        steps, table = wait_for_agent(ssh, args.agent_timeout)
+        steps, table, notice = wait_for_agent(ssh, args.agent_timeout)
         print("  picluster-node status:\n    " + table.strip().replace("\n", "\n    "))
-        settled, problems = judge_journal(steps)
+        print(f"  {NOTICE}:\n    " + notice.strip().replace("\n", "\n    "))
+        settled, problems = judge_journal(steps, notice)
         checks.ok(settled, f"{name}: every journal step done, Ready waiting with a message", "; ".join(problems))
         checks.equal(ssh.out(f"systemctl is-active {service}"), "active", f"{name}: {service}.service is active (Type=notify: the stand-in said READY=1)")
         checks.equal(ssh.out("sudo cat /var/lib/k3s-standin/last-args").split(), [role], f"{name}: k3s ran as `k3s {role}`")
