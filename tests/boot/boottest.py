@@ -192,12 +192,14 @@ def report(title: str, machine: PiMachine) -> None:
         login = f"{b.login_after:.0f} s" if b.login_after is not None else "-"
         ended = f"{b.ended_after:.0f} s" if b.ended_after is not None else "-"
         print(f"  {b.index:<5}{b.stage:<15}{login:>14}{ended:>10}  {b.outcome}")
-    by_stage: dict[str, float] = {}
+    # A stage lasts from power-on to its reboot, or to the login prompt for a
+    # boot that stays up (later times include the test's own checks).
+    parts = []
     for b in machine.boots:
-        d = b.ended_after if b.ended_after is not None else b.login_after
+        d = b.ended_after if b.outcome == "reboot" else b.login_after
         if d is not None:
-            by_stage[b.stage] = by_stage.get(b.stage, 0) + d
-    print("  per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in by_stage.items()))
+            parts.append(f"{b.stage} {d:.0f} s")
+    print("  per boot (power-on to reboot or login prompt): " + ", ".join(parts))
 
 
 def failure_context(machine: PiMachine | None, ssh: Ssh | None, agent_units: list[str]) -> None:

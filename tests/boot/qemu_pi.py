@@ -32,9 +32,18 @@ from pathlib import Path
 # The virt machine's first PL011 UART; the Pi firmware likewise turns
 # `serial0` into the board's real UART name.
 SERIAL_DEVICE = "ttyAMA0"
-LOGIN_PROMPT = re.compile(rb"^\S+ login: ?$", re.MULTILINE)
+# (systemd may print status lines right after the prompt, on the same line.)
+LOGIN_PROMPT = re.compile(rb"^[A-Za-z0-9.-]+ login: ", re.MULTILINE)
 REBOOT_MARK = b"reboot: Restarting system"
 POWEROFF_MARK = b"reboot: Power down"
+# Console lines after which a boot will neither reboot nor reach a login
+# prompt: fail at once instead of waiting for the boot timeout.
+STUCK_MARKS = [
+    b"Kernel panic - not syncing",
+    b"You are in emergency mode",
+    b"Failed to start kernel-command-line.service",  # stage 1 failed: run_failure_action=none
+    b"Give root password for maintenance",
+]
 
 
 class BootError(Exception):
@@ -184,7 +193,7 @@ class Boot:
     started: float
     login_after: float | None = None  # seconds from power-on to the login prompt
     ended_after: float | None = None  # seconds from power-on to QEMU's exit
-    outcome: str = "running"  # reboot | poweroff | running | steady | timeout | crashed | killed
+    outcome: str = "running"  # reboot | poweroff | running | steady | timeout | stuck | crashed | killed
 
     def describe(self) -> str:
         parts = [f"boot {self.index} ({self.stage}): {self.outcome}"]
@@ -303,6 +312,15 @@ class PiMachine:
                         f"power-off\n{qlog.strip()}\n{console_tail(boot.log)}"
                     )
                 return boot.outcome
+            stuck = next((m for m in STUCK_MARKS if m in data), None)
+            if stuck is not None:
+                time.sleep(5)  # let the console show what follows
+                boot.outcome = "stuck"
+                self.kill()
+                raise BootError(
+                    f"boot {boot.index} ({boot.stage}): the console says \"{stuck.decode()}\" "
+                    f"(console log {boot.log})\n{console_tail(boot.log)}"
+                )
             if until_steady and boot.login_after is not None and now - boot.login_after >= c.settle:
                 boot.outcome = "steady"
                 return boot.outcome

@@ -26,6 +26,7 @@ declare -A need=(
     [ssh]=openssh-client
     [ssh-keygen]=openssh-client
     [openssl]=openssl
+    [cpio]=cpio
     [python3]=python3
 )
 missing=()
