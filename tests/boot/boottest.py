@@ -1,0 +1,748 @@
+#!/usr/bin/env python3
+"""picluster QEMU boot test (opt-in; run it through tests/boot/run.sh).
+
+Full mode (default): build the workspace, serve a K3s release mirror holding a
+stand-in k3s on 127.0.0.1, write a cluster file and secrets with a fresh SSH
+key, `picluster build` node images from the Raspberry Pi OS-shaped fixture,
+boot each under QEMU as a Pi would boot, and check what the node agent did.
+
+Smoke mode (--smoke): boot the plain fixture, without picluster: proves the
+fixture, the first-boot stand-ins, the runner and SSH forwarding.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import re
+import secrets as pysecrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+import qemu_pi  # noqa: E402
+from qemu_pi import BootError, MachineConfig, PiMachine, console_tail  # noqa: E402
+
+K3S_VERSION = "v1.33.5+k3s1"
+GATEWAY = "192.168.0.1"
+CGROUP_ARGS = ["cgroup_enable=memory", "cgroup_memory=1"]
+# Tokens Raspberry Pi OS ships in cmdline.txt that must survive everything
+# (root=PARTUUID= changes value at the OS's first boot).
+SHIPPED_ARGS = ["console=serial0,115200", "console=tty1", "rootfstype=ext4", "fsck.repair=yes", "rootwait"]
+
+
+class TestFailure(Exception):
+    pass
+
+
+def step(msg: str) -> None:
+    print(f"==> {msg}", flush=True)
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("check", True)
+    return subprocess.run(cmd, **kw)
+
+
+# ---------------------------------------------------------------- checks
+
+
+class Checks:
+    """Collects assertions; each one prints, failures are raised together at the end."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+
+    def ok(self, cond: bool, what: str, detail: str = "") -> bool:
+        if cond:
+            self.passed += 1
+            print(f"  ok   {what}")
+        else:
+            self.failed.append(what + (f": {detail}" if detail else ""))
+            print(f"  FAIL {what}" + (f"\n       {detail}" if detail else ""))
+        return cond
+
+    def equal(self, got, want, what: str) -> bool:
+        return self.ok(got == want, what, f"got {got!r}, want {want!r}")
+
+
+# ---------------------------------------------------------------- ssh
+
+
+class Ssh:
+    def __init__(self, key: Path, user: str, port: int, workdir: Path):
+        self.key, self.user, self.port = key, user, port
+
+    def base(self, extra: list[str] | None = None) -> list[str]:
+        return [
+            "ssh",
+            "-p", str(self.port),
+            "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null",  # host keys change at the first boot
+            "-o", "ConnectTimeout=20",
+            "-o", "ServerAliveInterval=15",
+            "-o", "LogLevel=ERROR",
+            *(extra or []),
+        ]
+
+    def run(self, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd = self.base(["-i", str(self.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        cmd += [f"{self.user}@127.0.0.1", command]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise TestFailure(f"ssh {self.user}@guest {command!r} failed ({r.returncode}): {r.stderr.strip()}")
+        return r
+
+    def out(self, command: str) -> str:
+        return self.run(command).stdout.strip()
+
+    def wait(self, timeout: float) -> float:
+        """Wait until a key login works; return the seconds it took."""
+        start = time.monotonic()
+        last = ""
+        while time.monotonic() - start < timeout:
+            try:
+                r = self.run("true", check=False, timeout=60)
+                if r.returncode == 0:
+                    return time.monotonic() - start
+                last = r.stderr.strip()
+            except subprocess.TimeoutExpired:
+                last = "ssh timed out"
+            time.sleep(5)
+        raise TestFailure(f"no SSH login as {self.user} with the key within {timeout:.0f} s: {last}")
+
+    def offered_methods(self) -> str:
+        """The authentication methods the server offers, from a login without key."""
+        cmd = self.base([
+            "-o", "BatchMode=yes",
+            "-o", "PubkeyAuthentication=no",
+            "-o", "PreferredAuthentications=password,keyboard-interactive",
+            "-o", "LogLevel=INFO",
+        ]) + [f"{self.user}@127.0.0.1", "true"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if r.returncode == 0:
+            return "LOGGED-IN-WITHOUT-KEY"
+        m = re.search(r"Permission denied \(([^)]*)\)", r.stderr)
+        return m.group(1) if m else r.stderr.strip()
+
+
+# ---------------------------------------------------------------- fixture & images
+
+
+def build_fixture(cache: Path | None) -> Path:
+    step("fixture: build or reuse the Raspberry Pi OS-shaped image")
+    start = time.monotonic()
+    cmd = [str(HERE / "fixture" / "build.sh")]
+    if cache:
+        cmd += ["--cache", str(cache)]
+    out = run(cmd, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()
+    fixture = Path(out[-1])
+    print(f"  fixture {fixture} ready in {time.monotonic() - start:.0f} s")
+    return fixture
+
+
+def sparse_copy(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    run(["cp", "--reflink=auto", "--sparse=always", str(src), str(dst)])
+
+
+def ext4_write(image: Path, path: str, content: bytes, mode: int, uid: int, gid: int) -> None:
+    """Write a file into the image's ext4 root partition (debugfs at the partition offset)."""
+    root = qemu_pi.partitions(image)[1]
+    dev = f"{image}?offset={root.start}"
+    with tempfile.NamedTemporaryFile() as tmp:
+        tmp.write(content)
+        tmp.flush()
+        parent = os.path.dirname(path)
+        cmds = [f"mkdir {parent}", f"set_inode_field {parent} mode 040700",
+                f"set_inode_field {parent} uid {uid}", f"set_inode_field {parent} gid {gid}",
+                f"rm {path}", f"write {tmp.name} {path}",
+                f"set_inode_field {path} mode 0100{mode:o}",
+                f"set_inode_field {path} uid {uid}", f"set_inode_field {path} gid {gid}"]
+        with tempfile.NamedTemporaryFile("w") as script:
+            script.write("\n".join(cmds) + "\n")
+            script.flush()
+            r = run(["debugfs", "-w", "-f", script.name, dev], capture_output=True, text=True)
+        check = run(["debugfs", "-R", f"cat {path}", dev], capture_output=True)
+        if check.stdout != content:
+            raise TestFailure(f"debugfs could not write {path} into {image}: {r.stderr}")
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def report(title: str, machine: PiMachine) -> None:
+    print(f"\n{title}: boot durations (TCG emulation)")
+    print(f"  {'boot':<5}{'stage':<15}{'login prompt':>14}{'ended':>10}  outcome")
+    for b in machine.boots:
+        login = f"{b.login_after:.0f} s" if b.login_after is not None else "-"
+        ended = f"{b.ended_after:.0f} s" if b.ended_after is not None else "-"
+        print(f"  {b.index:<5}{b.stage:<15}{login:>14}{ended:>10}  {b.outcome}")
+    # A stage lasts from power-on to its reboot, or to the login prompt for a
+    # boot that stays up (later times include the test's own checks).
+    parts = []
+    for b in machine.boots:
+        d = b.ended_after if b.outcome == "reboot" else b.login_after
+        if d is not None:
+            parts.append(f"{b.stage} {d:.0f} s")
+    print("  per boot (power-on to reboot or login prompt): " + ", ".join(parts))
+
+
+def failure_context(machine: PiMachine | None, ssh: Ssh | None, agent_units: list[str]) -> None:
+    """Print what helps to understand a failure: console lines and, if SSH works, the journal."""
+    if machine and machine.boots:
+        for b in machine.boots[-2:]:
+            print(console_tail(b.log), file=sys.stderr)
+    if ssh and machine and machine.running():
+        for unit in agent_units:
+            try:
+                r = ssh.run(f"sudo journalctl -b --no-pager -o cat -u {unit} | tail -n 40", check=False, timeout=60)
+                print(f"--- journal of {unit} ---\n{r.stdout.strip()}\n--- end ---", file=sys.stderr)
+            except Exception as e:  # best effort only
+                print(f"(journal of {unit} unavailable: {e})", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- smoke mode
+
+
+def smoke(args) -> int:
+    fixture = build_fixture(args.cache)
+    work = args.workdir / "smoke"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    checks = Checks()
+    user = "tester"
+
+    step("prepare: copy the fixture, add `ssh`, `userconf.txt` and a key for the first user")
+    image = work / "disk.img"
+    sparse_copy(fixture / "base.img", image)
+    key = work / "id_ed25519"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "boottest-smoke", "-f", str(key)])
+    password = pysecrets.token_hex(8)
+    pw_hash = run(["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True).stdout.strip()
+    qemu_pi.write_boot_file(image, "ssh", b"")
+    qemu_pi.write_boot_file(image, "userconf.txt", f"{user}:{pw_hash}\n".encode())
+    ext4_write(image, "/home/pi/.ssh/authorized_keys", (key.with_suffix(".pub")).read_bytes(), 0o600, 1000, 1000)
+    shipped = qemu_pi.read_boot_file(image, "cmdline.txt").decode().split()
+    old_id = qemu_pi.disk_id(image)
+
+    machine = PiMachine(MachineConfig(
+        image=image, kernel=fixture / "vmlinuz", initrd=fixture / "initrd.img", workdir=work,
+        boot_timeout=args.boot_timeout, settle=args.settle, max_boots=4,
+    ))
+    ssh = Ssh(key, user, machine.cfg.ssh_port, work)
+    try:
+        step("boot until steady")
+        boots = machine.boot_until_steady()
+        checks.equal([b.stage for b in boots], ["os-firstboot", "normal"], "boots: the OS first boot, then a normal boot")
+        checks.equal(boots[0].outcome, "reboot", "the first boot ends in a reboot")
+        waited = ssh.wait(300)
+        print(f"  SSH login {waited:.0f} s after the steady state")
+
+        step("checks on the running system")
+        cmdline = ssh.out("cat /boot/firmware/cmdline.txt").split()
+        checks.ok(not any(t.startswith("init=") for t in cmdline), "firstboot removed init= from cmdline.txt", " ".join(cmdline))
+        checks.ok("quiet" not in cmdline, "firstboot removed quiet")
+        for t in SHIPPED_ARGS:
+            checks.ok(t in cmdline, f"cmdline.txt keeps {t}")
+        new_id = ssh.out("sudo sfdisk --disk-id /dev/vda").lower().removeprefix("0x")
+        checks.ok(new_id != old_id, f"firstboot gave the disk a new identifier ({old_id} -> {new_id})")
+        checks.ok(f"root=PARTUUID={new_id}-02" in cmdline, "cmdline.txt root=PARTUUID= follows the new identifier")
+        fstab = ssh.out("cat /etc/fstab")
+        checks.ok(f"PARTUUID={new_id}-01" in fstab and "/boot/firmware" in fstab, "fstab mounts /boot/firmware by the new PARTUUID")
+        checks.equal(ssh.out("findmnt -no FSTYPE /boot/firmware"), "vfat", "/boot/firmware is mounted (vfat)")
+        checks.equal(ssh.out("id -u"), "1000", f"userconf renamed uid 1000 to {user}")
+        checks.ok(ssh.run("getent passwd pi", check=False).returncode != 0, "no user pi is left")
+        checks.equal(ssh.out("sudo -n id -u"), "0", "sudo works without a password (010_pi-nopasswd followed the rename)")
+        checks.equal(ssh.out("sudo getent shadow tester | cut -d: -f2"), pw_hash, "userconf set the password hash")
+        checks.ok(ssh.run("test ! -e /boot/firmware/ssh && test ! -e /boot/firmware/userconf.txt", check=False).returncode == 0,
+                  "sshswitch and userconf deleted their files")
+        checks.equal(ssh.out("systemctl is-enabled ssh"), "enabled", "sshswitch enabled ssh")
+        checks.equal(ssh.run("systemctl is-enabled userconfig", check=False).stdout.strip(), "disabled", "the user wizard retired itself")
+        checks.equal(ssh.out("systemctl is-active multi-user.target"), "active", "boot reached multi-user.target")
+        checks.equal(ssh.out("cat /etc/os-release | sed -n 's/^VERSION_CODENAME=//p'"), "bookworm", "os-release says bookworm")
+        checks.equal(ssh.out("uname -m"), "aarch64", "aarch64 kernel and userland")
+        checks.ok("eth0" in ssh.out("ip -o link show"), "the Ethernet interface is eth0")
+        checks.ok("memory" in ssh.out("cat /sys/fs/cgroup/cgroup.controllers"), "cgroup v2 with the memory controller")
+        before = ssh.out("sudo sha256sum /etc/ssh/ssh_host_ed25519_key.pub /boot/firmware/cmdline.txt /etc/fstab /etc/passwd")
+
+        step("power cycle: poweroff, boot again")
+        ssh.run("sudo systemctl poweroff", check=False, timeout=60)
+        machine.wait_for_exit(300)
+        boots = machine.boot_until_steady()
+        checks.equal([b.stage for b in boots], ["normal"], "after a power cycle: one normal boot, no reboot")
+        ssh.wait(300)
+        after = ssh.out("sudo sha256sum /etc/ssh/ssh_host_ed25519_key.pub /boot/firmware/cmdline.txt /etc/fstab /etc/passwd")
+        checks.equal(after, before, "a power cycle changes nothing (host key, cmdline.txt, fstab, passwd)")
+        ssh.run("sudo systemctl poweroff", check=False, timeout=60)
+        machine.wait_for_exit(300)
+    except (BootError, TestFailure, subprocess.TimeoutExpired) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        failure_context(machine, ssh, [])
+        machine.kill()
+        report("smoke", machine)
+        return 1
+    finally:
+        machine.kill()
+    report("smoke", machine)
+    return summary(checks)
+
+
+def summary(checks: Checks) -> int:
+    print(f"\n{checks.passed} passed, {len(checks.failed)} failed")
+    for f in checks.failed:
+        print(f"  failed: {f}")
+    return 0 if not checks.failed else 1
+
+
+# ---------------------------------------------------------------- full mode
+
+
+class Mirror:
+    """A K3s release mirror on 127.0.0.1: <version>/k3s-arm64 and sha256sum-arm64.txt."""
+
+    def __init__(self, root: Path):
+        handler = lambda *a, **kw: QuietHandler(*a, directory=str(root), **kw)  # noqa: E731
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []
+
+    def log_message(self, fmt, *args):  # keep the test output readable
+        QuietHandler.requests.append(fmt % args)
+
+
+def build_standin(out_dir: Path) -> Path:
+    """Compile the stand-in k3s for aarch64 (static musl, linked by rust-lld)."""
+    out = out_dir / "k3s-arm64"
+    env = {**os.environ, "K3S_STANDIN_VERSION": K3S_VERSION}
+    run(["rustc", "--edition", "2021", "--target", "aarch64-unknown-linux-musl", "-C", "linker=rust-lld",
+         "-C", "opt-level=s", "-C", "panic=abort", "-C", "strip=symbols", "-o", str(out),
+         str(HERE / "k3s-standin" / "k3s_standin.rs")], env=env)
+    return out
+
+
+def make_mirror(work: Path) -> Path:
+    root = work / "mirror"
+    vdir = root / K3S_VERSION
+    vdir.mkdir(parents=True)
+    binary = build_standin(vdir)
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()
+    (vdir / "sha256sum-arm64.txt").write_text(f"{digest}  k3s-arm64\n")
+    return root
+
+
+def cargo_build() -> tuple[Path, Path]:
+    step("build the workspace: picluster (host) and picluster-node (aarch64-unknown-linux-musl)")
+    run(["cargo", "build", "--release", "-p", "picluster"], cwd=REPO)
+    run(["cargo", "build", "--release", "-p", "picluster-node", "--target", "aarch64-unknown-linux-musl"], cwd=REPO)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    return target / "release" / "picluster", target / "aarch64-unknown-linux-musl" / "release" / "picluster-node"
+
+
+def preflight(picluster: Path, agent: Path) -> None:
+    """Fail early and clearly while the builder or the agent is not there yet."""
+    problems = []
+    r = subprocess.run([str(picluster), "build", "--help"], capture_output=True, text=True)
+    text = r.stdout + r.stderr
+    if r.returncode != 0 or "--base" not in text or "--node" not in text:
+        problems.append(
+            f"`{picluster} build --help` does not offer --base and --node: `picluster build` "
+            "(issue 2) is not implemented yet"
+        )
+    r = subprocess.run(["qemu-aarch64-static", str(agent), "--help"], capture_output=True, text=True)
+    text = r.stdout + r.stderr
+    if r.returncode != 0 or "stage1" not in text or "status" not in text:
+        problems.append(
+            f"`{agent} --help` does not list stage1 and status: the node agent (issue 3) is not "
+            "implemented yet"
+        )
+    if problems:
+        raise TestFailure("pre-flight: the boot test needs the builder and the node agent:\n  - "
+                          + "\n  - ".join(problems)
+                          + "\n  (tests/boot/run.sh --smoke checks the boot infrastructure alone)")
+
+
+def node_password(node_secret: str, node: str) -> str:
+    """As profiles/src/secrets.rs derives it."""
+    return hmac.new(node_secret.encode(), b"picluster k3s node password\0" + node.encode(), hashlib.sha256).hexdigest()
+
+
+NODES = [
+    {"name": "bt-server", "ip": "192.168.0.120", "role": "server"},
+    {"name": "bt-agent", "ip": "192.168.0.121", "role": "agent"},
+]
+ADMIN = "picl"
+
+
+def write_cluster(work: Path, fixture: Path, mirror_url: str, pubkey: str) -> tuple[Path, dict]:
+    cluster = work / "cluster.toml"
+    base = fixture / "base.img"
+    sha = (fixture / "base.img.sha256").read_text().split()[0]
+    nodes = "\n".join(
+        f'[[nodes]]\nname = "{n["name"]}"\nip = "{n["ip"]}"\nrole = "{n["role"]}"\n'
+        + ('labels = { "picluster.io/boottest" = "yes" }\n' if n["role"] == "server" else "")
+        for n in NODES
+    )
+    cluster.write_text(f"""# picluster boot test (tests/boot): written by boottest.py
+[cluster]
+name = "boottest"
+k3s_version = "{K3S_VERSION}"
+k3s_mirror = "{mirror_url}"
+
+[image]
+url = "file://{base}"
+sha256 = "{sha}"
+
+[network]
+prefix = 24
+gateway = "{GATEWAY}"
+dns = ["{GATEWAY}"]
+
+[access]
+user = "{ADMIN}"
+ssh_authorized_keys = ["{pubkey}"]
+
+{nodes}
+[platform]
+components = []
+""")
+    secrets = {
+        "k3s_token": pysecrets.token_hex(32),
+        "k3s_agent_token": pysecrets.token_hex(32),
+        "node_secret": pysecrets.token_hex(32),
+    }
+    path = work / "secrets.toml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write('# picluster boot test secrets (fresh for every run)\n')
+        for k, v in secrets.items():
+            f.write(f'{k} = "{v}"\n')
+    return cluster, secrets
+
+
+# Steps a stand-in k3s cannot satisfy: they may stay waiting, with a message.
+READY_STEP = re.compile(r"ready", re.IGNORECASE)
+WAITING = {"waiting", "pending", "retrying", "running", "in-progress", "in_progress"}
+# Journal fields that change on every run of a step (ignored by the idempotence check).
+VOLATILE = re.compile(r"(time|_at$|^at$|attempt|started|finished|updated|since|until|duration|last_error|error|message|boot)",
+                      re.IGNORECASE)
+
+
+def journal_steps(doc) -> list[dict]:
+    """The steps of `picluster-node status --json` (tolerant of the exact shape)."""
+    if isinstance(doc, dict):
+        for key in ("steps", "journal", "state"):
+            if key in doc:
+                return journal_steps(doc[key])
+        if all(isinstance(v, dict) for v in doc.values()):
+            return [{"name": k, **v} for k, v in doc.items()]
+    if isinstance(doc, list):
+        return [s for s in doc if isinstance(s, dict)]
+    return []
+
+
+def step_name(s: dict) -> str:
+    return str(s.get("step") or s.get("name") or s.get("id") or "?")
+
+
+def step_message(s: dict) -> str:
+    return str(s.get("message") or s.get("last_error") or s.get("detail") or s.get("error") or "")
+
+
+def judge_journal(steps: list[dict], notice: str = "") -> tuple[bool, list[str]]:
+    """Every step done; a Ready step the stand-in cannot satisfy may be waiting
+    (pending/running/retrying) with a clear message, in its journal record or
+    in the node's login notice; steps after a waiting Ready step may be pending."""
+    problems = []
+    if not steps:
+        return False, ["the journal lists no steps"]
+    waiting_ready = None
+    for s in steps:
+        name, status = step_name(s), str(s.get("status", "")).lower()
+        if status == "done":
+            continue
+        if waiting_ready is not None and status in ("pending", ""):
+            continue  # after Ready: cannot run before the node is Ready
+        if READY_STEP.search(name) and status in WAITING:
+            message = step_message(s).strip()
+            if not message and re.search(r"waiting.*ready", notice, re.IGNORECASE):
+                message = notice.strip()
+            if message:
+                waiting_ready = name
+                continue
+            problems.append(f"{name}: {status}, but neither the journal nor the login notice says why")
+            continue
+        problems.append(f"{name}: {status or 'no status'}" + (f" ({step_message(s)})" if step_message(s) else ""))
+    return not problems, problems
+
+
+def normalise(doc):
+    if isinstance(doc, dict):
+        return {k: normalise(v) for k, v in sorted(doc.items()) if not VOLATILE.search(k)}
+    if isinstance(doc, list):
+        return [normalise(v) for v in doc]
+    return doc
+
+
+STATE_FILES = [
+    "/etc/hostname", "/etc/hosts", "/etc/passwd", "/etc/group",
+    "/etc/NetworkManager/system-connections/*", "/etc/ssh/sshd_config.d/*", "/etc/sudoers.d/*",
+    "/etc/picluster/*", "/etc/rancher/k3s/config.yaml", "/etc/rancher/node/password",
+    "/usr/local/bin/k3s", "/usr/local/sbin/picluster-node", "/etc/systemd/system/*.service",
+    "/home/*/.ssh/authorized_keys", "/boot/firmware/cmdline.txt", "/boot/firmware/config.txt",
+    "/var/lib/k3s-standin/last-args", "/var/lib/k3s-standin/last-config.yaml",
+]
+
+
+def state_snapshot(ssh: Ssh, services: list[str]) -> list[str]:
+    """Checksums of the state the agent manages, for the idempotence check."""
+    files = " ".join(STATE_FILES)
+    lines = ssh.out(f"sudo sh -c 'sha256sum {files} 2>/dev/null; true'").splitlines()
+    lines += ["boot files: " + ssh.out("ls /boot/firmware | sort | tr '\\n' ' '")]
+    for unit in services:
+        st = ssh.run(f"systemctl is-enabled {unit}", check=False).stdout.strip()
+        lines.append(f"{unit}: {st}")
+    journal = ssh.run("sudo cat /var/lib/picluster/state.json", check=False).stdout
+    try:
+        lines.append("journal: " + json.dumps(normalise(json.loads(journal)), sort_keys=True))
+    except json.JSONDecodeError:
+        lines.append("journal: unreadable")
+    return lines
+
+
+NOTICE = "/etc/motd.d/picluster"
+
+
+def wait_for_agent(ssh: Ssh, timeout: float) -> tuple[list[dict], str, str]:
+    """Poll `picluster-node status --json` until the journal is settled (or time
+    runs out); return its steps, the status table and the node's login notice."""
+    deadline = time.monotonic() + timeout
+    steps: list[dict] = []
+    notice = ""
+    while time.monotonic() < deadline:
+        r = ssh.run("sudo picluster-node status --json", check=False)
+        notice = ssh.run(f"cat {NOTICE} 2>/dev/null", check=False).stdout
+        if r.returncode == 0:
+            try:
+                steps = journal_steps(json.loads(r.stdout))
+            except json.JSONDecodeError:
+                steps = []
+            if judge_journal(steps, notice)[0]:
+                break
+        time.sleep(15)
+    table = ssh.run("sudo picluster-node status", check=False)
+    return steps, (table.stdout + table.stderr), notice
+
+
+def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture: Path, work: Path,
+               checks: Checks, agent_bin: Path) -> PiMachine:
+    name, role, ip = node["name"], node["role"], node["ip"]
+    service = "k3s" if role == "server" else "k3s-agent"
+    nwork = work / name
+    nwork.mkdir()
+    image = nwork / "disk.img"
+    sparse_copy(built, image)
+
+    step(f"{name}: the built image before boot")
+    cmdline_txt = qemu_pi.read_boot_file(image, "cmdline.txt").decode()
+    for a in CGROUP_ARGS:
+        checks.ok(a in cmdline_txt.split(), f"{name}: cmdline.txt gains {a}")
+    checks.ok("systemd.run=" in cmdline_txt, f"{name}: cmdline.txt runs the agent's stage 1")
+    boot_files = qemu_pi.list_boot_files(image)
+    for f in ("ssh", "picluster-node", "picluster-node.json", "picluster-secrets.json", "k3s-arm64"):
+        checks.ok(f in boot_files, f"{name}: boot partition holds {f}")
+    node_secrets = json.loads(qemu_pi.read_boot_file(image, "picluster-secrets.json"))
+    expected_config = next((f["content"] for f in node_secrets["files"] if f["path"] == "/etc/rancher/k3s/config.yaml"), None)
+    checks.ok(expected_config is not None, f"{name}: the bundle carries config.yaml")
+    secret_values = {
+        "k3s_token": secrets["k3s_token"],
+        "k3s_agent_token": secrets["k3s_agent_token"],
+        "node_secret": secrets["node_secret"],
+        "node password": node_password(secrets["node_secret"], name),
+    }
+    fat = qemu_pi.boot_partition_bytes(image)
+    own_token = secrets["k3s_token"] if role == "server" else secrets["k3s_agent_token"]
+    checks.ok(own_token.encode() in fat, f"{name}: its join token is on the boot partition before boot (so the scrub check means something)")
+    if role == "agent":
+        checks.ok(secrets["k3s_token"].encode() not in fat, f"{name}: an agent's image never carries the server token")
+
+    machine = PiMachine(MachineConfig(
+        image=image, kernel=fixture / "vmlinuz", initrd=fixture / "initrd.img", workdir=nwork,
+        guest_ip=ip, boot_timeout=args.boot_timeout, settle=args.settle, max_boots=args.max_boots,
+    ))
+    ssh = Ssh(key, ADMIN, machine.cfg.ssh_port, nwork)
+    try:
+        step(f"{name}: boot until steady (each boot ~2-4 min under emulation)")
+        boots = machine.boot_until_steady()
+        checks.equal([b.stage for b in boots], ["os-firstboot", "agent-stage1", "normal"],
+                     f"{name}: boots: OS first boot, agent stage 1, normal boot")
+        waited = ssh.wait(300)
+        print(f"  SSH login as {ADMIN} {waited:.0f} s after the steady state")
+
+        step(f"{name}: access and identity")
+        checks.equal(ssh.out("id -un"), ADMIN, f"{name}: SSH login with the cluster file's key as {ADMIN}")
+        methods = ssh.offered_methods()
+        checks.ok("password" not in methods and "keyboard-interactive" not in methods and methods != "LOGGED-IN-WITHOUT-KEY",
+                  f"{name}: password login is refused (server offers: {methods})")
+        sshd = ssh.out("sudo sshd -T").lower().splitlines()
+        checks.ok("passwordauthentication no" in sshd, f"{name}: sshd has PasswordAuthentication no")
+        checks.equal(ssh.out("hostname"), name, f"{name}: hostname")
+        addr = ssh.out("ip -4 -o addr show dev eth0")
+        checks.ok(f"inet {ip}/24" in addr, f"{name}: eth0 has {ip}/24", addr)
+        route = ssh.out("ip route show default")
+        checks.ok(f"via {GATEWAY} dev eth0" in route, f"{name}: default route via {GATEWAY}", route)
+        keyfiles = ssh.out("sudo stat -c '%a %U %n' /etc/NetworkManager/system-connections/*")
+        checks.ok(all(l.startswith("600 root") for l in keyfiles.splitlines()), f"{name}: NetworkManager keyfiles are root 0600", keyfiles)
+        akeys = ssh.out(f"stat -c '%a %U' ~/.ssh ~/.ssh/authorized_keys")
+        checks.equal(akeys.splitlines(), [f"700 {ADMIN}", f"600 {ADMIN}"], f"{name}: ~/.ssh 0700, authorized_keys 0600, owned by {ADMIN}")
+
+        step(f"{name}: boot configuration")
+        cmdline = ssh.out("cat /boot/firmware/cmdline.txt").split()
+        for a in CGROUP_ARGS + SHIPPED_ARGS:
+            checks.ok(a in cmdline, f"{name}: cmdline.txt holds {a}")
+        checks.ok(not any(t.startswith("systemd.") for t in cmdline), f"{name}: no systemd.* argument left", " ".join(cmdline))
+        checks.ok(not any(t.startswith("init=") for t in cmdline), f"{name}: no init= left")
+        checks.ok("memory" in ssh.out("cat /sys/fs/cgroup/cgroup.controllers"), f"{name}: memory cgroup controller enabled")
+        checks.equal(ssh.out("systemctl is-active multi-user.target"), "active", f"{name}: boot reached multi-user.target (the user wizard is out of the way)")
+        checks.ok(ssh.run("test ! -e /boot/firmware/picluster-secrets.json", check=False).returncode == 0,
+                  f"{name}: picluster-secrets.json is gone from the boot partition")
+
+        step(f"{name}: K3s stand-in and the agent's journal")
+        steps, table, notice = wait_for_agent(ssh, args.agent_timeout)
+        print("  picluster-node status:\n    " + table.strip().replace("\n", "\n    "))
+        print(f"  {NOTICE}:\n    " + notice.strip().replace("\n", "\n    "))
+        settled, problems = judge_journal(steps, notice)
+        checks.ok(settled, f"{name}: every journal step done, Ready waiting with a message", "; ".join(problems))
+        checks.equal(ssh.out(f"systemctl is-active {service}"), "active", f"{name}: {service}.service is active (Type=notify: the stand-in said READY=1)")
+        checks.equal(ssh.out("sudo cat /var/lib/k3s-standin/last-args").split(), [role], f"{name}: k3s ran as `k3s {role}`")
+        config = ssh.out("sudo cat /var/lib/k3s-standin/last-config.yaml") + "\n"
+        checks.equal(config.strip(), (expected_config or "").strip(), f"{name}: k3s read the config.yaml the bundle carried")
+        checks.equal(ssh.out("sudo stat -c '%a %U' /etc/rancher/k3s/config.yaml"), "600 root", f"{name}: config.yaml is root 0600")
+        if role == "server":
+            checks.ok("cluster-init: true" in config, f"{name}: first server has cluster-init: true")
+            checks.ok(f'token: "{secrets["k3s_token"]}"' in config, f"{name}: server config has the server token")
+            checks.ok("picluster.io/boottest=yes" in config, f"{name}: node label rendered")
+        else:
+            checks.ok('server: "https://192.168.0.120:6443"' in config, f"{name}: agent joins https://192.168.0.120:6443")
+            checks.ok(f'token: "{secrets["k3s_agent_token"]}"' in config, f"{name}: agent config has the agent token")
+            checks.ok(secrets["k3s_token"] not in config, f"{name}: agent config lacks the server token")
+        checks.ok(f'node-name: "{name}"' in config and f'node-ip: "{ip}"' in config, f"{name}: node-name and node-ip")
+        checks.equal(ssh.out("sudo cat /etc/rancher/node/password"), secret_values["node password"], f"{name}: stable node password")
+
+        step(f"{name}: power cycle (idempotence)")
+        units = ["picluster-node", service, "ssh", "userconfig"]
+        before = state_snapshot(ssh, units)
+        ssh.run("sudo systemctl poweroff", check=False, timeout=60)
+        machine.wait_for_exit(300)
+        fat = qemu_pi.boot_partition_bytes(image)
+        for what, value in secret_values.items():
+            checks.ok(value.encode() not in fat, f"{name}: {what} is not anywhere in the raw boot partition")
+        boots = machine.boot_until_steady()
+        checks.equal([b.stage for b in boots], ["normal"], f"{name}: a power cycle boots once, no reboot")
+        ssh.wait(300)
+        wait_for_agent(ssh, args.agent_timeout)
+        after = state_snapshot(ssh, units)
+        changed = [l for l in after if l not in before] + [f"(gone) {l}" for l in before if l not in after]
+        checks.ok(not changed, f"{name}: a second power cycle changes nothing", "; ".join(changed))
+        ssh.run("sudo systemctl poweroff", check=False, timeout=60)
+        machine.wait_for_exit(300)
+    except (BootError, TestFailure, subprocess.TimeoutExpired) as e:
+        checks.ok(False, f"{name}: boot sequence", str(e))
+        failure_context(machine, ssh, ["picluster-node", service])
+    finally:
+        machine.kill()
+    return machine
+
+
+def full(args) -> int:
+    work = args.workdir / "full"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    picluster, agent = cargo_build()
+    preflight(picluster, agent)
+    fixture = build_fixture(args.cache)
+
+    step("K3s release mirror with the stand-in k3s on 127.0.0.1")
+    mirror = Mirror(make_mirror(work))
+    print(f"  {mirror.url}/{K3S_VERSION}/k3s-arm64")
+    checks = Checks()
+    machines = []
+    try:
+        key = work / "id_ed25519"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "boottest@picluster", "-f", str(key)])
+        pubkey = key.with_suffix(".pub").read_text().strip()
+        cluster, secrets = write_cluster(work, fixture, mirror.url, pubkey)
+        nodes = [n for n in NODES if not args.node or n["name"] in args.node]
+
+        step("picluster build")
+        out = work / "images"
+        cmd = [str(picluster), "build", "-c", str(cluster), "--base", str(fixture / "base.img"), "--out", str(out)]
+        for n in nodes:
+            cmd += ["--node", n["name"]]
+        start = time.monotonic()
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PICLUSTER_NODE_AGENT": str(agent)})
+        print(f"  {' '.join(cmd)}\n  exit {r.returncode} after {time.monotonic() - start:.0f} s")
+        if r.returncode != 0:
+            raise TestFailure(f"picluster build failed:\n{r.stdout}\n{r.stderr}")
+        checks.ok(any("k3s-arm64" in q for q in QuietHandler.requests), "picluster build fetched k3s-arm64 from the mirror")
+        for n in nodes:
+            built = out / f"{n['name']}.img"
+            if not checks.ok(built.is_file(), f"{n['name']}: {built} written"):
+                continue
+            machines.append((n["name"], check_node(args, n, built, secrets, key, fixture, work, checks, agent)))
+    except TestFailure as e:
+        checks.ok(False, "boot test", str(e))
+    finally:
+        mirror.close()
+    for name, m in machines:
+        report(name, m)
+    return summary(checks)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="boot the plain fixture only (no picluster)")
+    ap.add_argument("--node", action="append", help="full mode: only this node (bt-server, bt-agent); repeatable")
+    ap.add_argument("--cache", type=Path, help="fixture cache (default $PICLUSTER_BOOT_CACHE or ~/.cache/picluster-tests/boot)")
+    ap.add_argument("--workdir", type=Path, default=REPO / "target" / "boot-test", help="images, console logs (default target/boot-test)")
+    ap.add_argument("--boot-timeout", type=float, default=900, help="seconds a boot may take to reboot or reach its login prompt")
+    ap.add_argument("--settle", type=float, default=60, help="seconds without a reboot after the login prompt that count as steady")
+    ap.add_argument("--max-boots", type=int, default=5, help="boots before giving up on a steady state")
+    ap.add_argument("--agent-timeout", type=float, default=900, help="seconds to wait for the agent's journal to settle")
+    args = ap.parse_args()
+    args.workdir = args.workdir.resolve()
+    start = time.monotonic()
+    try:
+        rc = smoke(args) if args.smoke else full(args)
+    except (TestFailure, BootError, subprocess.CalledProcessError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        rc = 1
+    print(f"boot test {'passed' if rc == 0 else 'FAILED'} in {time.monotonic() - start:.0f} s (logs under {args.workdir})")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
