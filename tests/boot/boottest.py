@@ -703,7 +703,7 @@ def full(args) -> int:
         for n in nodes:
             cmd += ["--node", n["name"]]
         start = time.monotonic()
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PICLUSTER_NODE_AGENT": str(agent)})
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PICLUSTER_AGENT": str(agent)})
         print(f"  {' '.join(cmd)}\n  exit {r.returncode} after {time.monotonic() - start:.0f} s")
         if r.returncode != 0:
             raise TestFailure(f"picluster build failed:\n{r.stdout}\n{r.stderr}")
