@@ -142,6 +142,26 @@ impl Journal {
         write_atomic(&path, text.as_bytes(), Some(Perms::root(0o644)))
     }
 
+    /// Record what a running step is waiting for, on disk, so `status` (and
+    /// the boot test) can say why it has not finished. The step's final
+    /// account replaces it when the step ends.
+    pub fn note_waiting(host: &Host, stage: Stage, step: &str, what: &str) -> Result<()> {
+        let Some(mut j) = Journal::read(&Journal::path(host))? else {
+            return Ok(());
+        };
+        let now = host.env.now();
+        if let Some(r) = j
+            .steps
+            .iter_mut()
+            .find(|r| r.stage == stage && r.step == step && r.status == Status::Running)
+        {
+            r.detail = Some(what.to_string());
+            r.updated_at = now;
+            j.save(host)?;
+        }
+        Ok(())
+    }
+
     pub fn get(&self, stage: Stage, step: &str) -> Option<&StepRecord> {
         self.steps
             .iter()

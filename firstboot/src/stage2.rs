@@ -325,6 +325,16 @@ fn wait_ready(c: &mut Stage2) -> Result<String> {
                             .unwrap_or_default()
                     ),
                 );
+                Journal::note_waiting(
+                    host,
+                    Stage::Stage2,
+                    "ready",
+                    &format!(
+                        "waiting (check {attempt}, {}): {}",
+                        span((host.env.now() - start).max(0) as u64),
+                        first_line(&why, 200)
+                    ),
+                )?;
                 retry_pause(
                     host,
                     &format!("waiting for {name} to be Ready"),

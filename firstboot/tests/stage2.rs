@@ -433,6 +433,49 @@ fn waiting_for_ready_backs_off_and_explains_a_stale_etcd_member() {
 }
 
 #[test]
+fn a_waiting_ready_step_says_why_in_the_journal() {
+    let f = Fixture::new(SAMPLE_CLUSTER, "pi-master");
+    after_stage1(&f);
+    let journal_path = f.path(node_paths::JOURNAL);
+    // What `picluster-node status` would show during each Ready check.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let rec = Arc::new(Recorder::with_responder(move |c: &Cmd| {
+        if c.args.get(1).map(String::as_str) == Some("wait") {
+            let j = Journal::read(&journal_path).unwrap().unwrap();
+            let r = j.get(Stage::Stage2, "ready").unwrap();
+            s.lock().unwrap().push((r.status, r.detail.clone()));
+            if s.lock().unwrap().len() < 3 {
+                return CmdOutput::failed(
+                    1,
+                    "Error from server (NotFound): nodes \"pi-master\" not found",
+                );
+            }
+        }
+        CmdOutput::ok()
+    }));
+    stage2::run(&f.host_with(rec), None).unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        seen[0],
+        (Status::Running, None),
+        "nothing to say before the first check"
+    );
+    let (status, note) = &seen[2];
+    assert_eq!(*status, Status::Running);
+    let note = note.as_deref().unwrap();
+    assert!(
+        note.starts_with("waiting (check 2, ") && note.contains("NotFound"),
+        "{note}"
+    );
+    assert!(
+        detail(&f, "ready").contains("is Ready"),
+        "the final account replaces the note"
+    );
+}
+
+#[test]
 fn an_unready_node_retries_and_reports_on_the_login_notice() {
     let f = Fixture::new(SAMPLE_CLUSTER, "pi-worker-3");
     after_stage1(&f);
