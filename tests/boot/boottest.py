@@ -474,8 +474,8 @@ def step_message(s: dict) -> str:
 
 def judge_journal(steps: list[dict], notice: str = "") -> tuple[bool, list[str]]:
     """Every step done; a Ready step the stand-in cannot satisfy may be waiting
-    (pending/running/retrying) with a clear message, in its journal record or
-    in the node's login notice; steps after a waiting Ready step may be pending."""
+    (running) with a clear message in its journal record (the login notice must
+    say so too); steps after a waiting Ready step may be pending."""
     problems = []
     if not steps:
         return False, ["the journal lists no steps"]
@@ -488,12 +488,10 @@ def judge_journal(steps: list[dict], notice: str = "") -> tuple[bool, list[str]]
             continue  # after Ready: cannot run before the node is Ready
         if READY_STEP.search(name) and status in WAITING:
             message = step_message(s).strip()
-            if not message and re.search(r"waiting.*ready", notice, re.IGNORECASE):
-                message = notice.strip()
-            if message:
+            if message and re.search(r"waiting.*ready", notice, re.IGNORECASE):
                 waiting_ready = name
                 continue
-            problems.append(f"{name}: {status}, but neither the journal nor the login notice says why")
+            problems.append(f"{name}: {status}, but " + ("the login notice does not say it is waiting" if message else "its journal record does not say why"))
             continue
         problems.append(f"{name}: {status or 'no status'}" + (f" ({step_message(s)})" if step_message(s) else ""))
     return not problems, problems
