@@ -45,5 +45,8 @@ if [ "$quick" = 0 ]; then
   cargo clippy --workspace --all-targets -- -D warnings
 fi
 
+say "boot-test self-checks (no QEMU)"
+python3 -m unittest discover -s tests/boot -p 'test_*.py'
+
 say "tests"
 cargo test --workspace
