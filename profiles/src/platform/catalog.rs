@@ -1,5 +1,5 @@
 //! What picluster can deploy: the components, their dependencies, and every
-//! pinned chart and image. Versions live here and nowhere else; docs/platform.md
+//! pinned chart and image. Versions live here and nowhere else; overlays/README.md
 //! lists the same table for people.
 
 use std::fmt;
@@ -147,7 +147,7 @@ pub struct Chart {
 }
 
 // Every chart picluster installs. Checked against each repository's index.yaml
-// (offline copies) where one was available; see docs/platform.md.
+// (offline copies) where one was available; see overlays/README.md.
 pub const CNPG_OPERATOR: Chart = Chart {
     repo: "https://cloudnative-pg.github.io/charts",
     name: "cloudnative-pg",

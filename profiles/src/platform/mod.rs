@@ -192,7 +192,7 @@ struct RawOverrides {
     addresses: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
-/// Defaults, sized for 8 GB Pi 5 nodes (see docs/platform.md).
+/// Defaults, sized for 8 GB Pi 5 nodes (see overlays/README.md).
 pub fn default_settings(c: Component) -> Settings {
     let (replicas, memory_mib, cpu_m, storage) = match c {
         Component::Postgresql => (1, 1024, 250, "10Gi"),
