@@ -111,6 +111,13 @@ class Journal(unittest.TestCase):
         self.assertFalse(ok)
         self.assertIn("ready: running, but its journal record does not say why", problems)
 
+    def test_progress_of_a_running_step_is_not_a_change(self):
+        later = [dict(s) for s in self.steps()]
+        later[2]["detail"] = "waiting (check 9, 2m): no Kubernetes API here"
+        self.assertEqual(boottest.normalise(later), boottest.normalise(self.steps()))
+        later[0]["detail"] = "something else"
+        self.assertNotEqual(boottest.normalise(later), boottest.normalise(self.steps()))
+
     def test_a_failed_step_fails(self):
         steps = self.steps()
         steps[1] = {**steps[1], "status": "failed", "last_error": "k3s-arm64: checksum mismatch"}
