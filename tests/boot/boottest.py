@@ -705,7 +705,11 @@ def full(args) -> int:
         for n in nodes:
             cmd += ["--node", n["name"]]
         start = time.monotonic()
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PICLUSTER_AGENT": str(agent)})
+        # A fresh download cache per run, so the mirror check below means something.
+        cache = work / "picluster-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        r = subprocess.run(cmd, capture_output=True, text=True,
+                           env={**os.environ, "PICLUSTER_AGENT": str(agent), "PICLUSTER_CACHE_DIR": str(cache)})
         print(f"  {' '.join(cmd)}\n  exit {r.returncode} after {time.monotonic() - start:.0f} s")
         if r.returncode != 0:
             raise TestFailure(f"picluster build failed:\n{r.stdout}\n{r.stderr}")
