@@ -119,6 +119,18 @@ fn plan_shows_every_file_and_argument_and_masks_secrets() {
             .iter()
             .any(|a| a == "cgroup_enable=memory")
     );
+    // No base is cached: cmdline.txt is the base's line plus ours, so plan
+    // must not pretend to know its size or content.
+    let cmdline = v["nodes"][0]["boot_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "cmdline.txt")
+        .expect("cmdline.txt in plan");
+    assert!(
+        cmdline["size"].is_null() && cmdline["content"].is_null(),
+        "{cmdline}"
+    );
     for s in secret_values(&d.path().join("secrets.toml")) {
         assert!(
             !text.contains(&s) && !json.contains(&s),

@@ -209,16 +209,24 @@ fn node_plan(
     let config_added = bootfiles::patched_config_txt("", cluster, node)
         .trim_start()
         .to_string();
+    // cmdline.txt and config.txt are the base's lines plus picluster's: what
+    // they hold is known once the base is in the cache (else see the fields
+    // kernel_args_added and config_txt_added).
+    let known =
+        |f: &BootFile| base.is_some() || !matches!(f.name.as_str(), "cmdline.txt" | "config.txt");
     let boot_files = boot
         .iter()
         .map(|f| PlannedBootFile {
             name: f.name.clone(),
-            size: f.size(),
+            size: f.size().filter(|_| known(f)),
             what: f.what,
             secret: f.secret,
             content: match &f.content {
                 Content::Bytes(b)
-                    if !f.secret && b.len() <= 4096 && f.name != "picluster-node.json" =>
+                    if known(f)
+                        && !f.secret
+                        && b.len() <= 4096
+                        && f.name != "picluster-node.json" =>
                 {
                     Some(String::from_utf8_lossy(b).into_owned())
                 }
