@@ -20,7 +20,7 @@ say "system packages"
 need=()
 for pair in mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk mke2fs:e2fsprogs \
             qemu-aarch64-static:qemu-user-static bmaptool:bmap-tools xz:xz-utils \
-            ssh-keygen:openssh-client losetup:mount; do
+            ssh-keygen:openssh-client losetup:mount python3:python3; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -33,7 +33,18 @@ say "Rust target aarch64-unknown-linux-musl"
 rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
 
 say "Python validators for the data-platform manifests"
-python3 -m pip install -q --disable-pip-version-check -r tests/platform/requirements.txt
+# In a venv under target/: Debian's system Python refuses `pip install`
+# (PEP 668), and the tests must not change the machine's Python.
+venv="$PWD/target/test-venv"
+if [ ! -x "$venv/bin/python3" ]; then
+  python3 -c 'import ensurepip, venv' 2>/dev/null || {
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+  }
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python3" -m pip install -q --disable-pip-version-check -r tests/platform/requirements.txt
+export PATH="$venv/bin:$PATH"
 
 say "node agent (aarch64, static)"
 cargo build --release -p picluster-node --target aarch64-unknown-linux-musl

@@ -2,9 +2,9 @@
 //! budget, secrets placement, and the schema validation of every manifest.
 //!
 //! `schema_validation_of_every_selection` runs tests/platform/validate.py
-//! (Python with kubernetes-validate, PyYAML, jsonschema: `pip install -r
-//! tests/platform/requirements.txt`). Set PICLUSTER_NO_PYTHON=1 to skip it on
-//! a machine without them.
+//! with the `python3` on PATH (kubernetes-validate, PyYAML, jsonschema from
+//! tests/platform/requirements.txt; tests/run.sh puts a venv holding them
+//! first on PATH). Set PICLUSTER_NO_PYTHON=1 to skip it on a machine without them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
