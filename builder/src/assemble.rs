@@ -6,6 +6,8 @@
 //! every image, is then read from the base once and handed to one worker per
 //! image, which writes it (unless the image is a reflink of the base) and
 //! hashes the whole image as it goes, so no image is read back to be hashed.
+//! Writeback starts as the data is written, so the final fsync before the
+//! atomic rename has little left to wait for.
 
 use std::fs::File;
 use std::io;
@@ -18,6 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::copy;
 use crate::digest;
 use crate::interrupt;
+use crate::writeback::WriteBehind;
 
 /// Start `dst` (empty) as the base: a reflink of all of it where the
 /// filesystem can (then returns true), else a sparse copy of `..split`.
@@ -60,6 +63,10 @@ pub fn finish_images(
             let (tx, rx) = mpsc::sync_channel::<Piece>(4);
             senders.push(tx);
             workers.push(scope.spawn(move || -> io::Result<Option<String>> {
+                let mut behind = WriteBehind::new(img.file);
+                // The patched boot partition (tens of MiB of K3s and agent)
+                // goes to disk while the rest is hashed and copied.
+                behind.start(0, split)?;
                 let mut h = if hash {
                     let mut h = Sha256::new();
                     digest::hash_range(&mut h, img.file, 0, split)?;
@@ -72,6 +79,7 @@ pub fn finish_images(
                         Piece::Data(off, chunk) => {
                             if !img.reflinked {
                                 img.file.write_all_at(&chunk, off)?;
+                                behind.wrote(off, chunk.len() as u64)?;
                             }
                             if let Some(h) = &mut h {
                                 h.update(&chunk[..]);

@@ -25,3 +25,4 @@ pub mod progress;
 pub mod region;
 pub mod rootfs;
 pub mod usedblocks;
+pub mod writeback;

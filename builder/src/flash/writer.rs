@@ -4,7 +4,6 @@
 //! the disk and verified.
 
 use std::fs::File;
-use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -18,6 +17,7 @@ use super::buf::{ALIGN, AlignedBuf};
 use super::source::Image;
 use crate::bmap::hex;
 use crate::partition::Extent;
+use crate::writeback::WriteBehind;
 
 /// The partition-table area written last.
 pub const HEAD: u64 = 1 << 20;
@@ -25,9 +25,6 @@ pub const HEAD: u64 = 1 << 20;
 const CHUNK: u64 = 4 << 20;
 /// Largest range verified as one SHA-256 (a mismatch names at most this).
 const UNIT_MAX: u64 = 64 << 20;
-/// Dirty data allowed before waiting for the disk: keeps progress honest and
-/// memory bounded.
-const WINDOW: u64 = 64 << 20;
 
 /// A written range and the SHA-256 of what was written there.
 #[derive(Debug, Clone)]
@@ -94,7 +91,7 @@ pub fn write_body(
         let producer = s.spawn(move || produce(image, dev_size, hash, tx, free_rx));
         let mut head = Vec::new();
         let mut written = 0u64;
-        let mut window = Window::new(dev);
+        let mut window = WriteBehind::new(dev);
         let mut failure = None;
         for c in rx.iter() {
             if c.data.is_empty() {
@@ -178,59 +175,6 @@ pub fn reread_partitions(dev: &File) -> std::result::Result<(), String> {
         }
     }
     Err(last)
-}
-
-/// Bounded write-behind: start writeback of each window as it fills and
-/// wait for the one before it.
-struct Window<'f> {
-    dev: &'f File,
-    cur: Option<(u64, u64)>,
-    prev: Option<(u64, u64)>,
-    bytes: u64,
-}
-
-impl<'f> Window<'f> {
-    fn new(dev: &'f File) -> Self {
-        Window {
-            dev,
-            cur: None,
-            prev: None,
-            bytes: 0,
-        }
-    }
-
-    fn wrote(&mut self, off: u64, len: u64) -> io::Result<()> {
-        let (lo, hi) = self.cur.unwrap_or((off, off));
-        self.cur = Some((lo.min(off), hi.max(off + len)));
-        self.bytes += len;
-        if self.bytes < WINDOW {
-            return Ok(());
-        }
-        let (lo, hi) = self.cur.take().unwrap();
-        sync_range(self.dev, lo, hi - lo, nix::libc::SYNC_FILE_RANGE_WRITE)?;
-        if let Some((plo, phi)) = self.prev.replace((lo, hi)) {
-            sync_range(
-                self.dev,
-                plo,
-                phi - plo,
-                nix::libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | nix::libc::SYNC_FILE_RANGE_WRITE
-                    | nix::libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            )?;
-        }
-        self.bytes = 0;
-        Ok(())
-    }
-}
-
-fn sync_range(f: &File, off: u64, len: u64, flags: u32) -> io::Result<()> {
-    // SAFETY: plain syscall on an open descriptor; no memory is passed.
-    let r = unsafe { nix::libc::sync_file_range(f.as_raw_fd(), off as i64, len as i64, flags) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Groups written bytes into verify units: contiguous, at most `UNIT_MAX`,
