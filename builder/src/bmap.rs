@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::digest::{hex, unhex};
 use crate::partition::Extent;
 use crate::usedblocks::{self, DEFAULT_BLOCK_SIZE, UsedBlocksError};
 
@@ -228,7 +229,7 @@ impl Bmap {
             }
         }
         x.push_str("    </BlockMap>\n</bmap>\n");
-        let sum = hex(&Sha256::digest(x.as_bytes()).into());
+        let sum = hex(&Sha256::digest(x.as_bytes()));
         // The zeros placeholder appears exactly once, as the element's value.
         x.replacen(ZEROS, &sum, 1)
     }
@@ -387,23 +388,7 @@ fn check_file_checksum(text: &str, sum: &str) -> bool {
         return false;
     }
     let zeroed = text.replacen(sum, ZEROS, 1);
-    hex(&Sha256::digest(zeroed.as_bytes()).into()).eq_ignore_ascii_case(sum)
-}
-
-pub(crate) fn hex(b: &[u8; 32]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    hex(&Sha256::digest(zeroed.as_bytes())).eq_ignore_ascii_case(sum)
 }
 
 /// bmaptool's human_size: "2.6 GiB".

@@ -8,6 +8,7 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::digest::ZEROS;
 use crate::interrupt;
 use crate::progress;
 
@@ -83,7 +84,6 @@ fn xz_decoder() -> io::Result<liblzma::stream::Stream> {
 }
 
 const BLOCK: usize = 4096;
-static ZERO: [u8; BLOCK] = [0; BLOCK];
 
 /// Copy `r` into `dst` from offset 0, leaving holes for all-zero 4 KiB blocks.
 /// Returns the number of bytes of the stream (the file's new length).
@@ -100,14 +100,14 @@ pub fn write_sparse(r: &mut dyn Read, dst: &File) -> io::Result<u64> {
         let mut i = 0;
         while i < n {
             let end = (i + BLOCK).min(n);
-            if buf[i..end] == ZERO[..end - i] {
+            if buf[i..end] == ZEROS[..end - i] {
                 i = end;
                 continue;
             }
             let start = i;
             while i < n {
                 let end = (i + BLOCK).min(n);
-                if buf[i..end] == ZERO[..end - i] {
+                if buf[i..end] == ZEROS[..end - i] {
                     break;
                 }
                 i = end;

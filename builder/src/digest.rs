@@ -1,4 +1,4 @@
-//! SHA-256 helpers: hex, a hashing reader, and whole-file digests.
+//! SHA-256 helpers: hex in both directions, a hashing reader, and whole-file digests.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -8,6 +8,19 @@ use sha2::{Digest, Sha256};
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A SHA-256 from its 64 hex digits (surrounding whitespace ignored).
+pub fn unhex(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Digest and size of a file. Holes of sparse files (most of a node image)

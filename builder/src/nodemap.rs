@@ -103,13 +103,7 @@ impl RootRanges {
         self.index = self
             .ranges
             .iter()
-            .filter_map(|(s, l, h)| {
-                let mut b = [0u8; 32];
-                for (i, byte) in b.iter_mut().enumerate() {
-                    *byte = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
-                }
-                Some(((*s, *l), b))
-            })
+            .filter_map(|(s, l, h)| Some(((*s, *l), crate::digest::unhex(h)?)))
             .collect();
         self
     }

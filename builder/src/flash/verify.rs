@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::FlashError;
 use super::buf::{ALIGN, AlignedBuf};
 use super::writer::Unit;
-use crate::bmap::hex;
+use crate::digest::hex;
 
 const BUF: usize = 8 << 20;
 

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::buf::{ALIGN, AlignedBuf};
 use super::source::Image;
-use crate::bmap::hex;
+use crate::digest::hex;
 use crate::partition::Extent;
 use crate::writeback::WriteBehind;
 
