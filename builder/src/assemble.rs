@@ -17,7 +17,7 @@ use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
-use crate::copy;
+use crate::copy::{self, Span};
 use crate::digest;
 use crate::interrupt;
 use crate::writeback::WriteBehind;
@@ -102,27 +102,18 @@ pub fn finish_images(
             }
         };
         let read = || -> io::Result<()> {
-            let mut pos = split;
-            for e in copy::data_extents(base, split, len)? {
-                if e.start > pos {
-                    let gap = e.start - pos;
-                    send_all(&|| Piece::Zeros(gap));
+            for span in copy::spans(base, split, len, 4 << 20)? {
+                match span {
+                    Span::Hole(n) => send_all(&|| Piece::Zeros(n)),
+                    Span::Data(e) => {
+                        interrupt::check().map_err(io::Error::other)?;
+                        let mut chunk = vec![0u8; e.len as usize];
+                        base.read_exact_at(&mut chunk, e.start)?;
+                        let chunk = Arc::new(chunk);
+                        send_all(&|| Piece::Data(e.start, chunk.clone()));
+                        bar.set_position(e.end() - split);
+                    }
                 }
-                let mut off = e.start;
-                while off < e.end() {
-                    interrupt::check().map_err(io::Error::other)?;
-                    let n = ((e.end() - off) as usize).min(4 << 20);
-                    let mut chunk = vec![0u8; n];
-                    base.read_exact_at(&mut chunk, off)?;
-                    let chunk = Arc::new(chunk);
-                    send_all(&|| Piece::Data(off, chunk.clone()));
-                    off += n as u64;
-                    bar.set_position(off - split);
-                }
-                pos = e.end();
-            }
-            if len > pos {
-                send_all(&|| Piece::Zeros(len - pos));
             }
             Ok(())
         };

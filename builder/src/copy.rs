@@ -46,6 +46,36 @@ pub fn data_extents(file: &File, start: u64, end: u64) -> io::Result<Vec<Extent>
     Ok(out)
 }
 
+/// A piece of a sparse file, in order: a hole of so many bytes, or data to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    Hole(u64),
+    Data(Extent),
+}
+
+/// `start..end` of `file` as holes and data pieces of at most `max` bytes, in
+/// order, so that callers can read the data and account for the holes.
+pub fn spans(file: &File, start: u64, end: u64, max: u64) -> io::Result<Vec<Span>> {
+    let mut out = Vec::new();
+    let mut pos = start;
+    for e in data_extents(file, start, end)? {
+        if e.start > pos {
+            out.push(Span::Hole(e.start - pos));
+        }
+        let mut off = e.start;
+        while off < e.end() {
+            let len = (e.end() - off).min(max);
+            out.push(Span::Data(Extent { start: off, len }));
+            off += len;
+        }
+        pos = e.end();
+    }
+    if end > pos {
+        out.push(Span::Hole(end - pos));
+    }
+    Ok(out)
+}
+
 /// Copy the data regions of `src` within `start..end` to the same offsets of
 /// `dst` (which must already be long enough), in the kernel.
 pub fn sparse_copy_range(src: &File, dst: &File, start: u64, end: u64) -> io::Result<()> {
@@ -130,6 +160,27 @@ mod tests {
             data_extents(&src, 2 << 20, 30 << 20).unwrap(),
             vec![],
             "a pure hole has no data"
+        );
+        let s = spans(&src, 0, 64 << 20, 1 << 20).unwrap();
+        let len = |s: &Span| match s {
+            Span::Hole(n) => *n,
+            Span::Data(e) => e.len,
+        };
+        assert_eq!(
+            s.iter().map(len).sum::<u64>(),
+            64 << 20,
+            "spans cover it all"
+        );
+        assert!(matches!(s[0], Span::Hole(_)) && matches!(s.last(), Some(Span::Hole(_))));
+        assert!(s.iter().all(|s| len(s) > 0));
+        assert!(
+            s.iter()
+                .all(|s| !matches!(s, Span::Data(e) if e.len > 1 << 20)),
+            "data pieces are at most max"
+        );
+        assert_eq!(
+            spans(&src, 2 << 20, 30 << 20, 1 << 20).unwrap(),
+            vec![Span::Hole(28 << 20)]
         );
     }
 }

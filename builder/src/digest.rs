@@ -6,6 +6,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use crate::copy::Span;
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -49,20 +51,17 @@ pub fn hash_zeros(h: &mut Sha256, mut n: u64) {
 pub fn hash_range(h: &mut Sha256, file: &File, start: u64, end: u64) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 1 << 20];
-    let mut pos = start;
-    for e in crate::copy::data_extents(file, start, end)? {
-        hash_zeros(h, e.start - pos);
-        let mut off = e.start;
-        while off < e.end() {
-            crate::interrupt::check().map_err(io::Error::other)?;
-            let n = ((e.end() - off) as usize).min(buf.len());
-            file.read_exact_at(&mut buf[..n], off)?;
-            h.update(&buf[..n]);
-            off += n as u64;
+    for span in crate::copy::spans(file, start, end, buf.len() as u64)? {
+        match span {
+            Span::Hole(n) => hash_zeros(h, n),
+            Span::Data(e) => {
+                crate::interrupt::check().map_err(io::Error::other)?;
+                let data = &mut buf[..e.len as usize];
+                file.read_exact_at(data, e.start)?;
+                h.update(data);
+            }
         }
-        pos = e.end();
     }
-    hash_zeros(h, end - pos);
     Ok(())
 }
 
