@@ -73,7 +73,7 @@ pub fn open(src: &Path, label: &str) -> io::Result<Box<dyn Read>> {
 
 /// liblzma's multi-threaded decoder. It decodes blocks in parallel only when
 /// given a threading memory limit; single-block files fall back to one thread.
-fn xz_decoder() -> io::Result<liblzma::stream::Stream> {
+pub fn xz_decoder() -> io::Result<liblzma::stream::Stream> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     liblzma::stream::MtStreamBuilder::new()
         .threads(threads)

@@ -275,7 +275,7 @@ pub fn describe_partitions(file: &File, target: &Target, size: u64) -> Vec<Strin
                 .and_then(|t| t.partitions.iter().find(|tp| tp.number == p.number))
                 .map(|tp| tp.type_name())
                 .unwrap_or_default();
-            format!("/dev/{}  {}  {kind}", p.name, super::human(p.size))
+            format!("/dev/{}  {}  {kind}", p.name, crate::progress::size(p.size))
         })
         .collect()
 }

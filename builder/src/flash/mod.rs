@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 
+use crate::decompress::Compression;
 use crate::partition;
+use crate::progress;
 
 /// Failures with their own exit code; everything else exits 1.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +113,6 @@ pub struct Summary {
     pub reread: bool,
 }
 
-/// Entry point for `picluster flash IMAGE DEVICE`.
 /// Flash `image` to `device`. `picluster flash --node NAME` builds the node's
 /// image and calls this with its path.
 pub fn run_image(image: &Path, device: &Path, opts: &FlashOptions) -> Result<Summary> {
@@ -147,7 +148,7 @@ pub fn run_with(
                 "Target {}: {}, {}, {}, {}",
                 device.display(),
                 d.model,
-                human(dev_size),
+                progress::size(dev_size),
                 d.transport,
                 if d.removable {
                     "removable"
@@ -171,14 +172,16 @@ pub fn run_with(
         err,
         "Image {}: {}{}, {} to write",
         image.display(),
-        img.size
-            .map_or_else(|| format!("at least {}", human(img.min_size)), human),
+        img.size.map_or_else(
+            || format!("at least {}", progress::size(img.min_size)),
+            progress::size
+        ),
         match img.format {
-            source::Format::Raw => "",
-            source::Format::Xz => " (xz)",
-            source::Format::Gz => " (gzip)",
+            Compression::None => "",
+            Compression::Xz => " (xz)",
+            Compression::Gzip => " (gzip)",
         },
-        human(img.mapped_bytes())
+        progress::size(img.mapped_bytes())
     );
     match &img.plan {
         source::PlanSource::Bmap(b) => {
@@ -206,11 +209,7 @@ pub fn run_with(
         dev_size,
         old_table.is_some_and(|t| t.kind == partition::TableKind::Gpt),
     )?;
-    let total = match &img.ranges {
-        Some(_) => img.mapped_bytes(),
-        None => img.size.unwrap_or(img.min_size),
-    };
-    let wbar = progress(total, "writing");
+    let wbar = progress::bytes(img.mapped_bytes(), "writing");
     // O_DIRECT where the device (or file system) allows it.
     let direct = std::fs::OpenOptions::new()
         .write(true)
@@ -241,7 +240,7 @@ pub fn run_with(
     if !opts.no_verify {
         let t = Instant::now();
         let total: u64 = written.body.iter().map(|u| u.extent.len).sum();
-        let vbar = progress(total, "verifying");
+        let vbar = progress::bytes(total, "verifying");
         verify::verify(device, &written.body, &vbar)?;
         vbar.finish_and_clear();
         verify_time = Some(t.elapsed());
@@ -281,11 +280,11 @@ pub fn run_with(
     };
     eprintln!(
         "Wrote {} of the {} image to {} in {:.1} s ({}/s){}.",
-        human(summary.bytes_written),
-        human(summary.image_size),
+        progress::size(summary.bytes_written),
+        progress::size(summary.image_size),
         device.display(),
         write_time.as_secs_f64(),
-        human((summary.bytes_written as f64 / write_time.as_secs_f64().max(1e-3)) as u64),
+        progress::size((summary.bytes_written as f64 / write_time.as_secs_f64().max(1e-3)) as u64),
         match verify_time {
             Some(v) => format!("; verified in {:.1} s", v.as_secs_f64()),
             None => "; not verified (--no-verify)".into(),
@@ -298,9 +297,9 @@ fn too_small(device: &Path, size: u64, img: &source::Image) -> FlashError {
     FlashError::Refused(format!(
         "{} holds {} ({size} bytes) but the image {} needs {} ({} bytes); use a larger card or drive",
         device.display(),
-        human(size),
+        progress::size(size),
         img.path.display(),
-        human(img.min_size),
+        progress::size(img.min_size),
         img.min_size
     ))
 }
@@ -331,14 +330,4 @@ fn confirm(device: &Path, yes: bool) -> Result<(), FlashError> {
             device.display()
         )))
     }
-}
-
-/// A progress bar with throughput and ETA (hidden unless stderr is a terminal).
-fn progress(total: u64, what: &str) -> ProgressBar {
-    crate::progress::bytes(total, what)
-}
-
-/// "1.5 GiB".
-pub fn human(n: u64) -> String {
-    crate::progress::size(n)
 }

@@ -16,15 +16,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::bmap::Bmap;
+use crate::decompress::{self, Compression};
 use crate::partition::Extent;
+use crate::progress;
 use crate::usedblocks::{self, Content, DEFAULT_BLOCK_SIZE};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Raw,
-    Xz,
-    Gz,
-}
 
 /// Where the ranges to write came from.
 #[derive(Debug, Clone)]
@@ -38,7 +33,7 @@ pub enum PlanSource {
 
 pub struct Image {
     pub path: PathBuf,
-    pub format: Format,
+    pub format: Compression,
     pub file: File,
     /// The uncompressed size, when known before streaming.
     pub size: Option<u64>,
@@ -70,29 +65,18 @@ impl Image {
             .with_context(|| format!("cannot reopen {}", self.path.display()))?;
         let f = io::BufReader::with_capacity(1 << 20, f);
         Ok(match self.format {
-            Format::Xz => {
-                let threads = std::thread::available_parallelism()
-                    .map(|n| n.get() as u32)
-                    .unwrap_or(1)
-                    .min(8);
+            Compression::Xz => {
                 if self.xz_streams > 1 {
                     // The threaded decoder stops after one stream.
                     return Ok(Box::new(liblzma::read::XzDecoder::new_multi_decoder(f)));
                 }
-                let stream = liblzma::stream::MtStreamBuilder::new()
-                    .threads(threads)
-                    // Without this the threaded decoder runs single-threaded.
-                    .memlimit_threading(1 << 30)
-                    // Past the threading limit, decode single-threaded; never fail.
-                    .memlimit_stop(u64::MAX)
-                    .decoder()
-                    .with_context(|| {
-                        format!("cannot start the xz decoder for {}", self.path.display())
-                    })?;
+                let stream = decompress::xz_decoder().with_context(|| {
+                    format!("cannot start the xz decoder for {}", self.path.display())
+                })?;
                 Box::new(liblzma::read::XzDecoder::new_stream(f, stream))
             }
-            Format::Gz => Box::new(flate2::read::MultiGzDecoder::new(f)),
-            Format::Raw => Box::new(f),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+            Compression::None => Box::new(f),
         })
     }
 }
@@ -112,17 +96,11 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
     let len = meta.len();
     let mut magic = [0u8; 6];
     let n = file.read_at(&mut magic, 0).unwrap_or(0);
-    let format = if n == 6 && magic == [0xFD, b'7', b'z', b'X', b'Z', 0] {
-        Format::Xz
-    } else if n >= 2 && magic[..2] == [0x1F, 0x8B] {
-        Format::Gz
-    } else {
-        Format::Raw
-    };
+    let format = Compression::from_magic(&magic[..n]);
     let mut xz_streams = 0;
     let (size, min_size) = match format {
-        Format::Raw => (Some(len), len),
-        Format::Xz => {
+        Compression::None => (Some(len), len),
+        Compression::Xz => {
             let s = xz_uncompressed_size(&file, len)
                 .with_context(|| format!("cannot read the xz index of {}", path.display()))?;
             match s {
@@ -136,7 +114,7 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
                 ),
             }
         }
-        Format::Gz => {
+        Compression::Gzip => {
             let mut isize = [0u8; 4];
             if len < 18 {
                 bail!("{} is too short to be a .gz file", path.display());
@@ -178,7 +156,7 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
             xz_streams,
         });
     }
-    if format != Format::Raw {
+    if format != Compression::None {
         return Ok(Image {
             path: path.to_path_buf(),
             format,
@@ -208,8 +186,8 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
             format!(
                 "{name}: {}, {} in use of {}",
                 what,
-                super::human(p.used_bytes),
-                super::human(p.extent.len)
+                progress::size(p.used_bytes),
+                progress::size(p.extent.len)
             )
         })
         .collect();

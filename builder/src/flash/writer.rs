@@ -256,7 +256,7 @@ fn produce(
             hex(want)
         )
     };
-    if image.format == super::source::Format::Raw {
+    if image.format == crate::decompress::Compression::None {
         let ranges = image.ranges.as_deref().unwrap_or_default();
         for (ext, want) in ranges {
             let mut rh = want.map(|_| Sha256::new());
