@@ -18,7 +18,7 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -234,29 +234,15 @@ impl Bmap {
         x.replacen(ZEROS, &sum, 1)
     }
 
-    /// Write the bmap to `path` atomically (temporary file, fsync, rename).
+    /// Write the bmap to `path` atomically (temporary file, fsync, rename),
+    /// mode 0644 like the bmaps `picluster build` writes.
     pub fn write_to(&self, path: &Path) -> Result<(), BmapError> {
-        let io = |source| BmapError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        // Mode 0666 less the umask, like any file the user creates.
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".bmap-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .tempfile_in(dir)
-            .map_err(io)?;
-        tmp.write_all(self.to_xml().as_bytes()).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(path).map_err(|e| io(e.error))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::atomic::write(path, self.to_xml().as_bytes(), 0o644).map_err(|source| {
+            BmapError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
     }
 
     /// Read and check a bmap file (version 1.4 or 2.x, SHA-256 checksums).
