@@ -13,12 +13,7 @@ use support::*;
 
 #[test]
 fn the_agent_accepts_what_build_wrote() {
-    if Command::new("qemu-aarch64-static")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: qemu-aarch64-static is not installed (Debian: qemu-user-static)");
+    if !picluster_node::testing::qemu_user_available() {
         return;
     }
     let base = fixture(&["--xz"]);

@@ -1,24 +1,42 @@
 //! Test support shared by this crate's tests and the workstation tool's: the
-//! parts of a Raspberry Pi OS Bookworm Lite root the agent reads or edits.
+//! parts of a Raspberry Pi OS Bookworm Lite root the agent reads or edits, and
+//! small helpers.
 #![doc(hidden)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 
-fn write(path: &Path, content: &[u8], mode: u32) {
+/// Write a fixture file with `mode`, creating its directory.
+pub fn write(path: &Path, content: &[u8], mode: u32) {
     std::fs::create_dir_all(path.parent().expect("absolute path")).expect("create dir");
     std::fs::write(path, content).expect("write fixture file");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Whether `qemu-aarch64-static` can run the aarch64 agent; when not, say
+/// that the calling test is skipped.
+pub fn qemu_user_available() -> bool {
+    let ok = Command::new("qemu-aarch64-static")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !ok {
+        eprintln!("SKIPPED: qemu-aarch64-static is not installed (Debian: qemu-user-static)");
+    }
+    ok
 }
 
 /// Populate `root` like a freshly flashed Raspberry Pi OS Lite: user `pi`
 /// (uid 1000) with its groups, the rename wizard's files, and the memory cgroup.
 pub fn pios_root(root: &Path) {
     write(
-            &root.join("etc/passwd"),
-            b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n",
-            0o644,
-        );
+        &root.join("etc/passwd"),
+        b"root:x:0:0:root:/root:/bin/bash\n\
+          daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+          pi:x:1000:1000:,,,:/home/pi:/bin/bash\n",
+        0o644,
+    );
     write(
         &root.join("etc/shadow"),
         b"root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\npi:*:19000:0:99999:7:::\n",
@@ -26,15 +44,19 @@ pub fn pios_root(root: &Path) {
     );
     // No `render` group: the agent skips groups the system lacks.
     write(
-            &root.join("etc/group"),
-            b"root:x:0:\nadm:x:4:pi\ndialout:x:20:pi\ncdrom:x:24:pi\nsudo:x:27:pi\naudio:x:29:pi\nvideo:x:44:pi\nplugdev:x:46:pi\nusers:x:100:pi\ninput:x:105:pi\nnetdev:x:106:pi\ngpio:x:997:pi\ni2c:x:998:pi\nspi:x:999:pi\npi:x:1000:\n",
-            0o644,
-        );
+        &root.join("etc/group"),
+        b"root:x:0:\nadm:x:4:pi\ndialout:x:20:pi\ncdrom:x:24:pi\nsudo:x:27:pi\naudio:x:29:pi\n\
+          video:x:44:pi\nplugdev:x:46:pi\nusers:x:100:pi\ninput:x:105:pi\nnetdev:x:106:pi\n\
+          gpio:x:997:pi\ni2c:x:998:pi\nspi:x:999:pi\npi:x:1000:\n",
+        0o644,
+    );
     write(
-            &root.join("etc/gshadow"),
-            b"root:*::\nadm:*::pi\ndialout:*::pi\ncdrom:*::pi\nsudo:*::pi\naudio:*::pi\nvideo:*::pi\nplugdev:*::pi\nusers:*::pi\ninput:*::pi\nnetdev:*::pi\ngpio:*::pi\ni2c:*::pi\nspi:*::pi\npi:!::\n",
-            0o640,
-        );
+        &root.join("etc/gshadow"),
+        b"root:*::\nadm:*::pi\ndialout:*::pi\ncdrom:*::pi\nsudo:*::pi\naudio:*::pi\n\
+          video:*::pi\nplugdev:*::pi\nusers:*::pi\ninput:*::pi\nnetdev:*::pi\n\
+          gpio:*::pi\ni2c:*::pi\nspi:*::pi\npi:!::\n",
+        0o640,
+    );
     write(&root.join("etc/subuid"), b"pi:100000:65536\n", 0o644);
     write(&root.join("etc/subgid"), b"pi:100000:65536\n", 0o644);
     write(

@@ -212,12 +212,7 @@ fn aarch64_binary_runs_under_qemu() {
         );
         return;
     }
-    if Command::new("qemu-aarch64-static")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: qemu-aarch64-static is not installed (Debian: qemu-user-static)");
+    if !picluster_node::testing::qemu_user_available() {
         return;
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -4,12 +4,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use picluster_node::host::{Host, Recorder, Runner, SimulatedEnvironment, Timing};
 use picluster_node::log::Log;
+use picluster_node::testing::{self, write};
 use picluster_profiles::bundle::{BootAsset, NodeBundle, NodeSecrets, boot_files};
 use picluster_profiles::render::{RenderInputs, added_kernel_args, render_node};
 use picluster_profiles::{Cluster, SAMPLE_CLUSTER, Secrets, cmdline};
@@ -80,12 +81,6 @@ pub struct Fixture {
     pub env: Arc<SimulatedEnvironment>,
 }
 
-fn write(path: &Path, content: &[u8], mode: u32) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, content).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 impl Fixture {
     pub fn new(cluster_text: &str, node: &str) -> Fixture {
         Fixture::build(cluster_text, node, false)
@@ -121,7 +116,7 @@ impl Fixture {
         let n = cluster.node(node).expect("node in cluster").clone();
         let (bundle, node_secrets) = render_node(&cluster, &secrets, &n, &inputs).unwrap();
 
-        picluster_node::testing::pios_root(&root);
+        testing::pios_root(&root);
 
         // The boot partition as `picluster build` leaves it, after Raspberry Pi
         // OS's own first boot removed `quiet` and `init=`.
