@@ -8,7 +8,6 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use support::http::Server;
 use support::*;
 
 #[test]
@@ -16,31 +15,9 @@ fn the_agent_accepts_what_build_wrote() {
     if !picluster_node::testing::qemu_user_available() {
         return;
     }
-    let base = fixture(&["--xz"]);
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    k3s_mirror(&d.join("www/k3s"), "v1.33.5+k3s1", 1 << 20);
-    let server = Server::start(&d.join("www"));
-    let key = ssh_key(d);
-    std::fs::write(d.join("key.pub"), &key).unwrap();
-    run(picluster(&d.join("cache"))
-        .arg("init")
-        .arg(d.join("c"))
-        .arg("--ssh-key")
-        .arg(d.join("key.pub")));
-    let cfg = d.join("c/cluster.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "# k3s_mirror = \"https://mirror.lan/k3s\"",
-        &format!("k3s_mirror = \"{}\"", server.url("k3s")),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    run(picluster(&d.join("cache"))
-        .args(["build", "--node", "pi-worker-1", "-c"])
-        .arg(&cfg)
-        .arg("--base")
-        .arg(base.with_file_name("base.img.xz"))
-        .arg("--out")
-        .arg(d.join("out")));
+    let s = support::cluster::setup(&[]);
+    run(&mut s.build("out", &["--node", "pi-worker-1"]));
+    let d = s.dir.path();
 
     // The node's root, with the boot partition's files where Raspberry Pi OS mounts it.
     let img = d.join("out/pi-worker-1.img");
@@ -105,7 +82,7 @@ fn the_agent_accepts_what_build_wrote() {
     // K3s installed from the card passed the agent's checksum check.
     assert_eq!(
         sha256_file(&root.join("usr/local/bin/k3s")),
-        sha256_file(&d.join("www/k3s/v1.33.5+k3s1/k3s-arm64"))
+        sha256_file(&d.join(format!("www/k3s/{}/k3s-arm64", support::cluster::VERSION)))
     );
     let status = run(Command::new("qemu-aarch64-static")
         .arg(&agent)
