@@ -167,14 +167,31 @@ fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
         sha256_file(&out.join("pi-worker-1.img"))
     );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(out.join("pi-master.img"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o644
-    );
+    // Images carry the node's secrets: owner only. What describes them is
+    // public and must hold no secret (checked with stat and by content).
+    let secrets_toml = std::fs::read_to_string(s.path("cluster/secrets.toml")).unwrap();
+    let secret_values: Vec<&str> = secrets_toml
+        .lines()
+        .filter(|l| l.contains(" = "))
+        .map(|l| l.split('"').nth(1).unwrap())
+        .collect();
+    assert!(secret_values.len() >= 3);
+    for (file, mode) in [
+        ("pi-master.img", "600"),
+        ("pi-worker-1.img", "600"),
+        ("pi-master.img.bmap", "644"),
+        ("build.json", "644"),
+        ("SHA256SUMS", "644"),
+    ] {
+        let shown = run(Command::new("stat").args(["-c", "%a"]).arg(out.join(file)));
+        assert_eq!(shown.trim(), mode, "{file}");
+        if mode == "644" {
+            let text = std::fs::read_to_string(out.join(file)).unwrap();
+            for v in &secret_values {
+                assert!(!text.contains(v), "{file} holds a secret");
+            }
+        }
+    }
 
     // inspect shows the node identity and the agent version, never secrets.
     let shown = run(s.cmd().arg("inspect").arg(out.join("pi-worker-1.img")));
@@ -186,10 +203,8 @@ fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
         shown.contains("bookworm") && shown.contains("arm64"),
         "{shown}"
     );
-    let secrets_toml = std::fs::read_to_string(s.path("cluster/secrets.toml")).unwrap();
-    for line in secrets_toml.lines().filter(|l| l.contains(" = ")) {
-        let value = line.split('"').nth(1).unwrap();
-        assert!(!shown.contains(value));
+    for v in &secret_values {
+        assert!(!shown.contains(v));
     }
 }
 
@@ -228,6 +243,10 @@ fn compressed_outputs_decompress_to_the_raw_image() {
     run(Command::new("gzip")
         .arg("-t")
         .arg(s.path("gz/pi-master.img.gz")));
+    let mode = run(Command::new("stat")
+        .args(["-c", "%a"])
+        .arg(s.path("gz/pi-master.img.gz")));
+    assert_eq!(mode.trim(), "600", "compressed images carry secrets too");
     let raw = sha256_file(&s.path("raw/pi-master.img"));
     let out = Command::new("sh")
         .arg("-c")

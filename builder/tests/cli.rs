@@ -39,11 +39,10 @@ fn init_writes_a_valid_cluster_and_private_secrets_and_never_overwrites() {
         0o600
     );
     assert!(secret_values(&secrets).len() >= 3);
-    assert!(
-        std::fs::read_to_string(d.path().join("c/.gitignore"))
-            .unwrap()
-            .contains("secrets.toml")
-    );
+    let ignored = std::fs::read_to_string(d.path().join("c/.gitignore")).unwrap();
+    for pattern in ["secrets.toml", "images/"] {
+        assert!(ignored.lines().any(|l| l == pattern), "{ignored}");
+    }
     let before = std::fs::read(&secrets).unwrap();
     let err = fails(picluster(&cache).arg("init").arg(d.path().join("c")));
     assert!(

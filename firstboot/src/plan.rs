@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use picluster_profiles::bundle::{BUNDLE_FORMAT, FileSpec, NodeBundle, NodeSecrets, node_paths};
+use picluster_profiles::error::json_error_redacted;
 
 use crate::accounts::Accounts;
 use crate::fsutil::{Perms, read_optional, write_atomic};
@@ -12,12 +13,14 @@ use crate::host::{Host, check_node_path};
 
 /// Parse and check a bundle; `source` names it in errors.
 pub fn parse_bundle(bytes: &[u8], source: &Path) -> Result<NodeBundle> {
-    let bundle: NodeBundle = serde_json::from_slice(bytes).with_context(|| {
-        format!(
-            "{} is not a picluster node bundle this agent ({}) understands; \
+    // Position only: the agent's log lands on the world-readable boot partition.
+    let bundle: NodeBundle = serde_json::from_slice(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a picluster node bundle this agent ({}) understands ({}); \
              rebuild the image with a matching `picluster build`",
             source.display(),
-            crate::VERSION
+            crate::VERSION,
+            json_error_redacted(&e)
         )
     })?;
     if bundle.format != BUNDLE_FORMAT {
@@ -37,9 +40,15 @@ pub fn parse_bundle(bytes: &[u8], source: &Path) -> Result<NodeBundle> {
 
 /// Parse and check secrets against the bundle they belong to.
 pub fn parse_secrets(bytes: &[u8], source: &Path, bundle: &NodeBundle) -> Result<NodeSecrets> {
-    // serde_json's messages name positions, never content: no secret leaks here.
-    let secrets: NodeSecrets = serde_json::from_slice(bytes)
-        .with_context(|| format!("{} is not a picluster secrets file", source.display()))?;
+    // serde_json's own messages quote offending values (a token, a hash): show
+    // the position only.
+    let secrets: NodeSecrets = serde_json::from_slice(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a picluster secrets file ({})",
+            source.display(),
+            json_error_redacted(&e)
+        )
+    })?;
     if secrets.format != BUNDLE_FORMAT {
         bail!(
             "{} has format {}, this agent reads format {BUNDLE_FORMAT}",
@@ -114,5 +123,21 @@ pub fn describe_files(paths: &[String]) -> String {
         0 => "no files".to_string(),
         1 => format!("1 file: {}", paths[0]),
         n => format!("{n} files: {}", paths.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_bundle_is_reported_by_position_not_content() {
+        // A token where a number belongs: serde_json alone would quote it, and
+        // the agent's log is on the world-readable boot partition.
+        let bytes = br#"{"format": "K10abc::server:sekrit-token"}"#;
+        let raw = serde_json::from_slice::<NodeBundle>(bytes).unwrap_err();
+        assert!(raw.to_string().contains("sekrit"), "serde_json quotes values");
+        let e = format!("{:#}", parse_bundle(bytes, Path::new("b.json")).unwrap_err());
+        assert!(!e.contains("sekrit") && e.contains("line 1, column"), "{e}");
     }
 }

@@ -258,6 +258,25 @@ fn missing_secrets_fail_clearly_and_leave_cmdline_alone() {
 }
 
 #[test]
+fn a_malformed_secrets_file_never_reaches_the_log() {
+    // The K3s token where the format number belongs: serde_json's own message
+    // would quote it into the journal and the world-readable FAT log.
+    let f = Fixture::new(SAMPLE_CLUSTER, "pi-master");
+    let token = f.secrets.k3s_token.clone();
+    let text = String::from_utf8(f.secrets_json.clone()).unwrap();
+    let bad = text.replacen("\"format\": 1", &format!("\"format\": \"{token}\""), 1);
+    assert_ne!(bad, text, "the fixture has a format field to corrupt");
+    std::fs::write(f.boot.join(boot_files::SECRETS), bad).unwrap();
+    let err = format!("{:#}", stage1::run(&f.host(), None).unwrap_err());
+    assert!(err.contains("is not a picluster secrets file (line"), "{err}");
+    assert!(!err.contains(&token), "{err}");
+    let log = std::fs::read_to_string(f.boot.join(boot_files::LOG)).unwrap();
+    assert!(log.contains("stage 1 FAILED") && !log.contains(&token), "{log}");
+    let journal = std::fs::read_to_string(f.path(node_paths::JOURNAL)).unwrap();
+    assert!(!journal.contains(&token));
+}
+
+#[test]
 fn secrets_of_another_node_are_refused() {
     let f = Fixture::new(SAMPLE_CLUSTER, "pi-master");
     let other = Fixture::new(SAMPLE_CLUSTER, "pi-worker-2");

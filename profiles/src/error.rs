@@ -146,8 +146,17 @@ impl<'a> Source<'a> {
 
     /// Convert a TOML syntax or type error into a problem with its position.
     pub fn toml_problem(&mut self, err: &toml::de::Error) {
+        self.toml_problem_as(err, err.message().trim().to_string());
+    }
+
+    /// Like [`Source::toml_problem`] for files that hold secrets: the parser's
+    /// message is kept only when it names keys alone, never a value.
+    pub fn toml_problem_redacted(&mut self, err: &toml::de::Error) {
+        self.toml_problem_as(err, redact(err.message().trim()));
+    }
+
+    fn toml_problem_as(&mut self, err: &toml::de::Error, message: String) {
         let span = err.span();
-        let message = err.message().trim().to_string();
         let field = span
             .clone()
             .map(|s| key_before(self.text, s.start))
@@ -159,6 +168,33 @@ impl<'a> Source<'a> {
         };
         self.report(span, field, message, hint);
     }
+}
+
+/// A parser message about a file that holds secrets, with any value left out.
+/// serde's "invalid type: string \"…\"" and "invalid value" messages quote the
+/// value, and the value may be a token; messages about keys do not.
+pub fn redact(message: &str) -> String {
+    let names_keys_only = ["missing field", "unknown field", "duplicate key", "duplicate field"]
+        .iter()
+        .any(|p| message.starts_with(p));
+    if names_keys_only {
+        message.to_string()
+    } else {
+        "this is not a valid value here (the parser's message is not shown: this file holds secrets)".to_string()
+    }
+}
+
+/// A JSON parse error of a file that holds secrets: its position and what kind
+/// of error it is, never the content (serde_json quotes offending values).
+pub fn json_error_redacted(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match err.classify() {
+        Category::Io => "cannot be read".to_string(),
+        Category::Syntax => "is not valid JSON".to_string(),
+        Category::Eof => "ends too early".to_string(),
+        Category::Data => redact(&err.to_string()),
+    };
+    format!("line {}, column {}: {what}", err.line(), err.column())
 }
 
 /// The dotted field path (`network.prefx`, `nodes[2].ip`) of the key on the line
@@ -205,6 +241,27 @@ fn key_before(text: &str, offset: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_errors_name_keys_but_never_values() {
+        let e = serde_json::from_str::<std::collections::BTreeMap<String, u32>>(
+            r#"{"token": "K10sekrit-value"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("sekrit"), "serde_json quotes values");
+        let shown = json_error_redacted(&e);
+        assert!(!shown.contains("sekrit") && shown.starts_with("line 1, column"), "{shown}");
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct T {
+            k3s_token: u32,
+        }
+        let e = toml::from_str::<T>("k3s_token = \"sekrit-value\"\n").unwrap_err();
+        assert!(e.message().contains("sekrit"), "toml quotes values");
+        assert!(!redact(e.message()).contains("sekrit"));
+        let e = toml::from_str::<T>("other = 1\n").unwrap_err();
+        assert!(redact(e.message()).contains("k3s_token"), "keys are named");
+    }
 
     #[test]
     fn line_col_counts_from_one() {

@@ -116,7 +116,7 @@ impl Secrets {
         let secrets = match toml::from_str::<Secrets>(&text) {
             Ok(s) => Some(s),
             Err(e) => {
-                src.toml_problem(&e);
+                src.toml_problem_redacted(&e);
                 None
             }
         };

@@ -32,6 +32,12 @@ use crate::progress;
 
 pub const DEFAULT_OUT: &str = "images/build";
 
+/// Node images carry `picluster-secrets.json` (tokens, the node password and
+/// its hash, platform credentials): only their owner may read them, staged or
+/// published. `build.json`, `SHA256SUMS` and the `.bmap` files hold no secret
+/// and stay readable (0644).
+pub const IMAGE_MODE: u32 = 0o600;
+
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
     /// The cluster file.
@@ -408,7 +414,7 @@ impl Prepared {
             &self.payload,
         );
         let raw = Staged::new(&out.join(format!("{}.img", node.name)))?;
-        raw.set_mode(0o644)?;
+        raw.set_mode(IMAGE_MODE)?;
         let reflinked =
             assemble::start_image(base, raw.file(), split).context("cannot copy the base image")?;
         bootfiles::write(raw.file(), self.base.boot, &files, self.epoch)
@@ -442,7 +448,7 @@ impl Prepared {
             (Compress::None, None) => unreachable!("raw images are hashed while written"),
             _ => {
                 let staged = Staged::new(&out.join(&name))?;
-                staged.set_mode(0o644)?;
+                staged.set_mode(IMAGE_MODE)?;
                 let bar = progress::bytes(image_size, format!("compress {}", node.name));
                 let mut reader = File::open(raw.path())?;
                 let (sha, size) = compress::compress(&mut reader, staged.file(), how, &bar)

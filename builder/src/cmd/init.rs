@@ -92,16 +92,21 @@ pub fn init(args: &InitArgs) -> Result<()> {
     if !gitignore.exists() {
         write_new(
             &gitignore,
-            b"# Cluster secrets never go into git.\nsecrets.toml\n",
+            GITIGNORE,
         )?;
-    } else if !fs::read_to_string(&gitignore)
-        .unwrap_or_default()
-        .contains("secrets.toml")
-    {
-        eprintln!(
-            "warning: {} does not ignore secrets.toml; add it so secrets stay out of git",
-            gitignore.display()
-        );
+    } else {
+        let have = fs::read_to_string(&gitignore).unwrap_or_default();
+        let missing: Vec<&str> = ["secrets.toml", "images/"]
+            .into_iter()
+            .filter(|p| !have.lines().any(|l| l.trim() == *p))
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "warning: {} does not ignore {}; add them so secrets (node images carry tokens) stay out of git",
+                gitignore.display(),
+                missing.join(" and ")
+            );
+        }
     }
     println!(
         "wrote {} and {} (mode 0600)",
@@ -122,6 +127,11 @@ pub fn init(args: &InitArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// The sample `.gitignore`: the secrets file, and the image output folder
+/// (`images/`, where `build` and `quickstart.sh` write): every node image
+/// carries the node's tokens and password.
+const GITIGNORE: &[u8] = b"# Cluster secrets never go into git; node images carry them too.\nsecrets.toml\nimages/\n";
 
 fn write_new(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;

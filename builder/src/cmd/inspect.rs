@@ -139,7 +139,11 @@ pub fn inspect(path: &Path) -> Result<Report> {
                             secrets_on_card: files.iter().any(|f| f.name == boot_files::SECRETS),
                         })
                     }
-                    Err(e) => problems.push(format!("{}: {e}", boot_files::BUNDLE)),
+                    Err(e) => problems.push(format!(
+                        "{}: {}",
+                        boot_files::BUNDLE,
+                        picluster_profiles::error::json_error_redacted(&e)
+                    )),
                 }
             }
             Some(Boot {
