@@ -30,7 +30,24 @@ pub enum AgentError {
     NotFound(Vec<PathBuf>),
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+    #[error(
+        "{}: this node agent is {found}, but this picluster expects {EXPECTED_AGENT}: {why}. Rebuild it with:\n  cargo build --release -p picluster-node --target {TARGET}\nor pass --agent PATH to a matching one",
+        path.display()
+    )]
+    Mismatch {
+        path: PathBuf,
+        found: String,
+        why: &'static str,
+    },
 }
+
+/// The agent version this picluster embeds: its own version, built from the
+/// same sources (`picluster --version` shows both).
+pub const EXPECTED_AGENT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "+src.",
+    env!("PICLUSTER_AGENT_SOURCE")
+);
 
 /// Where to look, in order.
 pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
@@ -89,11 +106,30 @@ fn check(path: &Path, bytes: &[u8]) -> Result<AgentBinary, AgentError> {
     }
     let version = version_of(bytes)
         .ok_or_else(|| invalid("is not a picluster-node binary (no version marker)".into()))?;
+    check_version(path, &version)?;
     Ok(AgentBinary {
         path: path.to_path_buf(),
         version,
         sha256: digest::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes)),
         size: bytes.len() as u64,
+    })
+}
+
+/// An agent of another release, or a stale cross-build of this one, would run
+/// a first boot this picluster did not plan: refuse it.
+fn check_version(path: &Path, found: &str) -> Result<(), AgentError> {
+    if found == EXPECTED_AGENT || EXPECTED_AGENT.ends_with("+src.unknown") {
+        return Ok(());
+    }
+    let same_release = found.split('+').next() == EXPECTED_AGENT.split('+').next();
+    Err(AgentError::Mismatch {
+        path: path.to_path_buf(),
+        found: found.to_string(),
+        why: if same_release {
+            "it was built from other sources (a stale cross-build?)"
+        } else {
+            "it belongs to another picluster release"
+        },
     })
 }
 
@@ -108,6 +144,18 @@ pub fn version_of(bytes: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_agent_built_from_these_sources_is_accepted() {
+        let p = Path::new("agent");
+        assert!(check_version(p, EXPECTED_AGENT).is_ok());
+        let version = env!("CARGO_PKG_VERSION");
+        let stale = format!("{version}+src.0000000000000000");
+        let e = check_version(p, &stale).unwrap_err().to_string();
+        assert!(e.contains("stale cross-build") && e.contains("cargo build --release -p picluster-node"), "{e}");
+        let e = check_version(p, "0.0.1").unwrap_err().to_string();
+        assert!(e.contains("another picluster release"), "{e}");
+    }
 
     #[test]
     fn version_marker_is_found() {

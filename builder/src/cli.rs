@@ -6,7 +6,12 @@ use crate::cmd;
 
 /// Build ready-to-flash Raspberry Pi OS images for a K3s cluster from one cluster file.
 #[derive(Debug, Parser)]
-#[command(name = "picluster", version, about, propagate_version = true)]
+#[command(
+    name = "picluster",
+    version = crate::agent::EXPECTED_AGENT,
+    about,
+    propagate_version = true
+)]
 pub struct Cli {
     /// Print only results and errors (no progress).
     #[arg(short, long, global = true)]

@@ -125,6 +125,10 @@ pub enum FetchError {
         sibling: String,
         reason: String,
     },
+    #[error(
+        "refusing {url}: a plain http:// download with no pinned digest could be swapped on the way (its .sha256 travels over the same connection). Use an https:// URL, or pin the digest in the cluster file ([image] url and sha256 = \"…\")"
+    )]
+    PlainHttpUnpinned { url: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -196,6 +200,11 @@ impl Fetcher {
         match expect {
             Expect::Sha256(d) => Ok(Some(d.to_ascii_lowercase())),
             Expect::Sibling => {
+                if let Location::Http(url) = loc
+                    && url.starts_with("http://")
+                {
+                    return Err(FetchError::PlainHttpUnpinned { url: url.clone() });
+                }
                 let sib = loc.with_suffix(".sha256");
                 let text = match (&sib, self.text(&sib)) {
                     (_, Ok(t)) => t,
@@ -256,31 +265,64 @@ impl Fetcher {
             }
             Location::Http(url) => {
                 let expected = expected.expect("HTTP locations always have a digest");
-                let blob = self.cache.blob(&expected);
-                if let Ok(meta) = fs::metadata(&blob) {
-                    progress::step(format!("{label}: cached ({})", progress::size(meta.len())));
-                    return Ok(Fetched {
-                        path: blob,
-                        sha256: expected,
-                        size: meta.len(),
-                        cached: true,
-                    });
+                if let Some(f) = self.cached(&expected, label)? {
+                    progress::step(format!("{label}: cached ({})", progress::size(f.size)));
+                    return Ok(f);
                 }
                 self.download(url, &expected, label)
             }
         }
     }
 
-    fn get(&self, url: &str, from: Option<u64>) -> Result<reqwest::blocking::Response, FetchError> {
+    /// The cached blob with digest `expected`, re-hashed before it is used: a
+    /// cache entry that no longer matches (a bad disk, a stray write) is
+    /// deleted so that it is downloaded again instead of embedded.
+    fn cached(&self, expected: &str, label: &str) -> Result<Option<Fetched>, FetchError> {
+        let blob = self.cache.blob(expected);
+        let (sha256, size) = match digest::file_sha256(&blob) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&blob)(e)),
+        };
+        if sha256 != expected {
+            progress::step(format!(
+                "{label}: the cached copy is damaged (SHA-256 {sha256}); downloading it again"
+            ));
+            fs::remove_file(&blob).map_err(io_err(&blob))?;
+            return Ok(None);
+        }
+        Ok(Some(Fetched {
+            path: blob,
+            sha256,
+            size,
+            cached: true,
+        }))
+    }
+
+    fn get(
+        &self,
+        url: &str,
+        from: Option<(u64, &str)>,
+    ) -> Result<reqwest::blocking::Response, FetchError> {
         let mut req = self.client.get(url);
-        if let Some(off) = from.filter(|o| *o > 0) {
-            req = req.header(reqwest::header::RANGE, format!("bytes={off}-"));
+        if let Some((off, validator)) = from {
+            // If-Range: the server sends the rest only while the file is the
+            // one the partial download started on, else all of it (200).
+            req = req
+                .header(reqwest::header::RANGE, format!("bytes={off}-"))
+                .header(reqwest::header::IF_RANGE, validator);
         }
         req.send().map_err(|e| net(url, e))
     }
 
     fn download(&self, url: &str, expected: &str, label: &str) -> Result<Fetched, FetchError> {
         let part = self.cache.partial(url);
+        // One download per URL at a time: a second picluster waits, then finds
+        // the verified blob the first one left.
+        let _lock = lock_partial(&part, label)?;
+        if let Some(f) = self.cached(expected, label)? {
+            return Ok(f);
+        }
         let mut delay = self.retry_delay;
         let mut attempt = 0;
         loop {
@@ -306,6 +348,7 @@ impl Fetcher {
             }
         }
         let (actual, size) = digest::file_sha256(&part).map_err(io_err(&part))?;
+        let _ = fs::remove_file(validator_path(&part));
         if actual != expected {
             let _ = fs::remove_file(&part);
             return Err(FetchError::Mismatch {
@@ -333,8 +376,18 @@ impl Fetcher {
 
     /// One request, appending to the partial file from where it ends.
     fn download_attempt(&self, url: &str, part: &Path, label: &str) -> Result<(), FetchError> {
-        let have = fs::metadata(part).map_or(0, |m| m.len());
-        let resp = self.get(url, Some(have))?;
+        let validator_file = validator_path(part);
+        let validator = fs::read_to_string(&validator_file).ok();
+        let mut have = fs::metadata(part).map_or(0, |m| m.len());
+        if validator.is_none() {
+            // Nothing says which version of the file the partial bytes belong
+            // to: resuming could splice two versions together.
+            have = 0;
+        }
+        let resp = self.get(
+            url,
+            validator.as_deref().filter(|_| have > 0).map(|v| (have, v)),
+        )?;
         let status = resp.status().as_u16();
         let (offset, total) = match status {
             206 => {
@@ -358,7 +411,17 @@ impl Fetcher {
             }
             // Nothing left to fetch: the partial file is complete.
             416 if have > 0 => return Ok(()),
-            200 => (0, resp.content_length()),
+            200 => {
+                // A fresh start (or the file changed upstream): remember what
+                // identifies this version for the next resume.
+                match resume_validator(resp.headers()) {
+                    Some(v) => fs::write(&validator_file, v).map_err(io_err(&validator_file))?,
+                    None => {
+                        let _ = fs::remove_file(&validator_file);
+                    }
+                }
+                (0, resp.content_length())
+            }
             _ => {
                 check_status(url, resp)?;
                 unreachable!("check_status fails for non-success statuses");
@@ -409,6 +472,46 @@ impl Fetcher {
             });
         }
         Ok(())
+    }
+}
+
+/// Beside a partial download: the ETag or Last-Modified of the file it holds.
+fn validator_path(part: &Path) -> PathBuf {
+    part.with_extension("part.validator")
+}
+
+/// What `If-Range` may carry: a strong ETag, else Last-Modified (RFC 9110
+/// 13.1.5: weak ETags are not allowed there).
+fn resume_validator(h: &reqwest::header::HeaderMap) -> Option<String> {
+    let get = |k| h.get(k).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
+    get(reqwest::header::ETAG)
+        .filter(|e| !e.starts_with("W/"))
+        .or_else(|| get(reqwest::header::LAST_MODIFIED))
+        .map(str::to_string)
+}
+
+/// An exclusive lock on one URL's partial download, waiting (and saying so)
+/// while another picluster holds it. The lock file is never removed: removing
+/// it could let a third process lock a new file while the second holds the old.
+fn lock_partial(part: &Path, label: &str) -> Result<File, FetchError> {
+    let path = part.with_extension("part.lock");
+    let file = File::create(&path).map_err(io_err(&path))?;
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !said {
+                    progress::step(format!(
+                        "{label}: another picluster is downloading it; waiting for it to finish"
+                    ));
+                    said = true;
+                }
+                interrupt::check()?;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
     }
 }
 

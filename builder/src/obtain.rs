@@ -1,11 +1,11 @@
 //! Obtaining the base image: fetch and verify it, then decompress it once into
 //! the cache as a sparse raw image. Later builds start from that copy.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use picluster_profiles::cluster::{BaseSource, Cluster};
 
-use crate::atomic::Staged;
+use crate::atomic::{self, Staged};
 use crate::decompress::{self, Compression};
 use crate::fetch::{Expect, FetchError, Fetcher, Location};
 use crate::progress;
@@ -66,11 +66,24 @@ pub enum ObtainError {
 
 pub fn obtain(fetcher: &Fetcher, req: &BaseRequest) -> Result<ObtainedBase, ObtainError> {
     let name = req.location.file_name();
-    let fetched = fetcher.fetch(&req.location, &req.expect, &format!("base {name}"))?;
     let dec_err = |source| ObtainError::Decompress {
         name: name.clone(),
         source,
     };
+    // A base decompressed before is used without reading its source again,
+    // as long as it still has the size it was written with.
+    if let Some(sha) = fetcher.expected_digest(&req.location, &req.expect)? {
+        let raw = fetcher.cache().base(&sha);
+        if intact(&raw).map_err(dec_err)? {
+            return Ok(ObtainedBase {
+                raw,
+                source_sha256: sha,
+                source_name: name,
+                warm: true,
+            });
+        }
+    }
+    let fetched = fetcher.fetch(&req.location, &req.expect, &format!("base {name}"))?;
     let compression = Compression::detect(&fetched.path).map_err(dec_err)?;
     if compression == Compression::None {
         return Ok(ObtainedBase {
@@ -81,7 +94,7 @@ pub fn obtain(fetcher: &Fetcher, req: &BaseRequest) -> Result<ObtainedBase, Obta
         });
     }
     let raw = fetcher.cache().base(&fetched.sha256);
-    if raw.exists() {
+    if intact(&raw).map_err(dec_err)? {
         return Ok(ObtainedBase {
             raw,
             source_sha256: fetched.sha256,
@@ -95,6 +108,7 @@ pub fn obtain(fetcher: &Fetcher, req: &BaseRequest) -> Result<ObtainedBase, Obta
         decompress::open(&fetched.path, &format!("decompress {name}")).map_err(dec_err)?;
     let size = decompress::write_sparse(&mut reader, staged.file()).map_err(dec_err)?;
     staged.commit().map_err(dec_err)?;
+    atomic::write(&size_record(&raw), format!("{size}\n").as_bytes(), 0o644).map_err(dec_err)?;
     progress::step(format!(
         "base {name}: decompressed once into the cache ({} in {:.1}s)",
         progress::size(size),
@@ -106,4 +120,36 @@ pub fn obtain(fetcher: &Fetcher, req: &BaseRequest) -> Result<ObtainedBase, Obta
         source_name: name,
         warm: false,
     })
+}
+
+/// Beside each decompressed base: its size when it was written.
+fn size_record(raw: &Path) -> PathBuf {
+    raw.with_extension("img.size")
+}
+
+/// Whether the cached decompressed base is there and whole. One that was cut
+/// short, grew, or has no size record (older caches, a crash between the two
+/// writes) is removed, so it is made again instead of embedded.
+fn intact(raw: &Path) -> std::io::Result<bool> {
+    let len = match std::fs::metadata(raw) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let recorded = std::fs::read_to_string(size_record(raw))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    if recorded == Some(len) {
+        return Ok(true);
+    }
+    progress::step(format!(
+        "cached base {} {}; decompressing it again",
+        raw.display(),
+        match recorded {
+            Some(r) => format!("is {len} bytes, not the {r} it was written with"),
+            None => "has no size record".to_string(),
+        }
+    ));
+    std::fs::remove_file(raw)?;
+    Ok(false)
 }

@@ -290,9 +290,17 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
         &["amd64", "not arm64"],
     );
     check(
-        "missing base",
+        "plain-http base with nothing pinned",
         &mut s.build("out", &["--base", &s.server.url("gone.img.xz")]),
-        &["gone.img.xz.sha256", "no checksum"],
+        &["refusing", "gone.img.xz", "plain http://", "https://"],
+    );
+    check(
+        "missing base",
+        &mut s.build(
+            "out",
+            &["--base", s.path("www/gone.img.xz").to_str().unwrap()],
+        ),
+        &["gone.img.xz"],
     );
     check(
         "unknown node",
@@ -302,11 +310,9 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
 
     // A pinned digest the server's file does not match.
     let text = std::fs::read_to_string(s.config()).unwrap();
-    let url_line = format!("url = \"{}\"", s.server.url("base.img.xz"));
-    let pinned = text.replace(
-        &url_line,
-        &format!("sha256 = \"{}\"\n{url_line}", "ab".repeat(32)),
-    );
+    let pin_line = format!("sha256 = \"{}\"", sha256_file(&s.path("www/base.img.xz")));
+    assert!(text.contains(&pin_line));
+    let pinned = text.replace(&pin_line, &format!("sha256 = \"{}\"", "ab".repeat(32)));
     std::fs::write(s.config(), &pinned).unwrap();
     check(
         "checksum mismatch",

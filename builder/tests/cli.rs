@@ -150,41 +150,33 @@ fn plan_shows_every_file_and_argument_and_masks_secrets() {
 
 #[test]
 fn fetch_downloads_verifies_and_reports() {
-    let base = fixture(&["--xz"]);
-    let d = tempfile::tempdir().unwrap();
-    let www = d.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    for f in ["base.img.xz", "base.img.xz.sha256"] {
-        std::fs::copy(base.with_file_name(f), www.join(f)).unwrap();
-    }
-    let server = Server::start(&www);
-    let cache = d.path().join("cache");
-    let mut cmd = picluster(&cache);
-    cmd.arg("fetch")
-        .arg("-c")
-        .arg(d.path().join("none.toml"))
-        .arg("--base")
-        .arg(server.url("base.img.xz"));
+    let s = support::cluster::setup(&[]);
+    let cache = s.cache();
+    let mut cmd = s.cmd();
+    cmd.arg("fetch").arg("-c").arg(s.config());
     let out = run(&mut cmd);
-    let sha = std::fs::read_to_string(www.join("base.img.xz.sha256")).unwrap();
+    let sha = sha256_file(&s.path("www/base.img.xz"));
+    assert!(out.contains(&sha) && out.contains("bookworm"), "{out}");
+    assert!(out.contains("k3s v1.33.5+k3s1 sha256"), "{out}");
     assert!(
-        out.contains(sha.split_whitespace().next().unwrap()) && out.contains("bookworm"),
-        "{out}"
-    );
-    assert!(
-        cache.join("bases").read_dir().unwrap().count() == 1,
-        "decompressed once into the cache"
+        cache.join("bases").read_dir().unwrap().count() == 2,
+        "decompressed once into the cache (the image and its size record)"
     );
     // Again: no second download.
     run(&mut cmd);
-    assert_eq!(server.requests_for("base.img.xz").len(), 1);
+    assert_eq!(s.server.requests_for("base.img.xz").len(), 1);
     let bad = fails(
         picluster(&cache)
             .arg("fetch")
             .arg("--base")
-            .arg(server.url("missing.img.xz"))
+            .arg(s.server.url("missing.img.xz"))
             .arg("-c")
             .arg("/nonexistent.toml"),
     );
-    assert!(bad.contains("missing.img.xz"), "{bad}");
+    // Plain http:// with nothing pinned: refused before anything is fetched.
+    assert!(
+        bad.contains("refusing") && bad.contains("missing.img.xz") && bad.contains("https://"),
+        "{bad}"
+    );
+    assert!(s.server.requests_for("missing.img.xz.sha256").is_empty());
 }

@@ -24,7 +24,17 @@ pub mod user;
 /// The agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Marker the workstation tool finds in the binary to learn the agent's version.
+/// Identifier of the sources this agent was built from (see `source_id.rs`).
+pub const SOURCE_ID: &str = env!("PICLUSTER_AGENT_SOURCE");
+
+/// Marker the workstation tool finds in the binary to learn the agent's
+/// version and sources: `picluster build` refuses an agent that does not
+/// match itself.
 #[used]
-pub static VERSION_MARKER: &str =
-    concat!("picluster-node-version:", env!("CARGO_PKG_VERSION"), "\0");
+pub static VERSION_MARKER: &str = concat!(
+    "picluster-node-version:",
+    env!("CARGO_PKG_VERSION"),
+    "+src.",
+    env!("PICLUSTER_AGENT_SOURCE"),
+    "\0"
+);

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 const CATALOG_TOML: &str = include_str!("../../images/catalog.toml");
+const K3S_TOML: &str = include_str!("../../images/k3s.toml");
 
 /// The catalogue entry used when a cluster file has no `[image]` table.
 pub const DEFAULT_BASE: &str = "raspios-bookworm-arm64-lite";
@@ -34,6 +35,33 @@ pub fn find(name: &str) -> Option<CatalogImage> {
     images().into_iter().find(|i| i.name == name)
 }
 
+/// Pinned digests of one K3s release's arm64 assets (`images/k3s.toml`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct K3sPin {
+    pub version: String,
+    pub k3s_arm64: String,
+    #[serde(default)]
+    pub airgap_arm64: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct K3sPins {
+    release: Vec<K3sPin>,
+}
+
+/// Every pinned K3s release.
+pub fn k3s_pins() -> Vec<K3sPin> {
+    toml::from_str::<K3sPins>(K3S_TOML)
+        .expect("images/k3s.toml is checked by a unit test")
+        .release
+}
+
+/// The pins for K3s `version`, if it is listed.
+pub fn k3s_pin(version: &str) -> Option<K3sPin> {
+    k3s_pins().into_iter().find(|p| p.version == version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +75,26 @@ mod tests {
             assert!(i.url.starts_with("https://") && i.url.ends_with(".img.xz"));
             assert!(i.url.contains("bookworm-arm64-lite"), "{}", i.name);
         }
+    }
+
+    #[test]
+    fn k3s_pins_parse_and_are_digests() {
+        let pins = k3s_pins();
+        assert!(!pins.is_empty());
+        for p in pins {
+            assert!(crate::checks::k3s_version(&p.version).is_ok(), "{}", p.version);
+            assert!(crate::checks::sha256_hex(&p.k3s_arm64).is_ok(), "{}", p.version);
+            if let Some(a) = &p.airgap_arm64 {
+                assert!(crate::checks::sha256_hex(a).is_ok(), "{}", p.version);
+            }
+        }
+        // The version the sample cluster file and the README pin is pinned here.
+        let sample = include_str!("../examples/cluster.toml");
+        let pinned = sample
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("k3s_version = \""))
+            .and_then(|r| r.split('"').next())
+            .unwrap();
+        assert!(k3s_pin(pinned).is_some(), "{pinned} has no pin in images/k3s.toml");
     }
 }

@@ -75,6 +75,11 @@ pub struct K3sSettings {
     /// Base URL holding `<version>/k3s-arm64`; no trailing slash.
     pub mirror: String,
     pub airgap: bool,
+    /// Pinned digest of `k3s-arm64` (cluster file, else images/k3s.toml);
+    /// without one the release's checksum list (https only) is trusted.
+    pub binary_sha256: Option<String>,
+    /// Pinned digest of the air-gap archive, likewise.
+    pub airgap_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -325,11 +330,7 @@ impl Builder<'_, '_> {
             }
         };
         let k3s = match (version_ok, mirror) {
-            (true, Some(mirror)) => Some(K3sSettings {
-                version: c.k3s_version.get_ref().clone(),
-                mirror,
-                airgap: c.airgap,
-            }),
+            (true, Some(mirror)) => self.k3s_pins(c, mirror),
             _ => None,
         };
         let api_endpoint = c.api_endpoint.as_ref().and_then(|ep| {
@@ -362,6 +363,55 @@ impl Builder<'_, '_> {
             }
         }
         (name, k3s, api_endpoint, tls_san)
+    }
+
+    /// The K3s digests to check downloads against. Over plain http:// a
+    /// man in the middle could swap both the binary and the checksum list, so
+    /// such a mirror needs every asset the cluster uses pinned.
+    fn k3s_pins(&mut self, c: &RawCluster, mirror: String) -> Option<K3sSettings> {
+        let version = c.k3s_version.get_ref();
+        let listed = catalog::k3s_pin(version);
+        let mut ok = true;
+        let mut pin = |key: &Option<Spanned<String>>, field: &str| {
+            key.as_ref().and_then(|s| {
+                let v = s.get_ref().to_ascii_lowercase();
+                let good = self.check(s, field, checks::sha256_hex(&v), None);
+                ok &= good;
+                good.then_some(v)
+            })
+        };
+        let binary_sha256 = pin(&c.k3s_sha256, "cluster.k3s_sha256")
+            .or_else(|| listed.as_ref().map(|p| p.k3s_arm64.clone()));
+        let airgap_sha256 = pin(&c.k3s_airgap_sha256, "cluster.k3s_airgap_sha256")
+            .or_else(|| listed.and_then(|p| p.airgap_arm64));
+        if let Some(m) = c.k3s_mirror.as_ref().filter(|_| mirror.starts_with("http://")) {
+            let mut unpinned = Vec::new();
+            if binary_sha256.is_none() {
+                unpinned.push("k3s_sha256 (k3s-arm64)");
+            }
+            if c.airgap && airgap_sha256.is_none() {
+                unpinned.push("k3s_airgap_sha256 (the air-gap archive)");
+            }
+            if !unpinned.is_empty() {
+                ok = false;
+                self.bad(
+                    m,
+                    "cluster.k3s_mirror",
+                    format!(
+                        "a plain http:// mirror can be tampered with on the way, and {version} has no pinned {}",
+                        unpinned.join(" or ")
+                    ),
+                    Some("use an https:// mirror, or pin the digests from the release's sha256sum-arm64.txt: `k3s_sha256 = \"…\"` (and `k3s_airgap_sha256` with airgap) under [cluster]"),
+                );
+            }
+        }
+        ok.then(|| K3sSettings {
+            version: version.clone(),
+            mirror,
+            airgap: c.airgap,
+            binary_sha256,
+            airgap_sha256,
+        })
     }
 
     fn image(&mut self, img: Option<&RawImage>) -> Option<ImageSettings> {
@@ -435,6 +485,16 @@ impl Builder<'_, '_> {
                         "image.url",
                         "is empty".into(),
                         Some("give an https:// URL, a file:// URL or a path to a .img.xz"),
+                    );
+                    None
+                } else if url.starts_with("http://") && sha256.is_none() {
+                    // The sibling .sha256 would come over the same unprotected
+                    // connection as the image: it proves nothing.
+                    self.bad(
+                        u,
+                        "image.url",
+                        "a plain http:// download can be swapped on the way, and no `sha256` pins it".into(),
+                        Some("use an https:// URL, or add `sha256 = \"…\"` (the digest Raspberry Pi publishes beside the image) under [image]"),
                     );
                     None
                 } else {

@@ -26,6 +26,9 @@ pub struct RawCluster {
     pub name: Spanned<String>,
     pub k3s_version: Spanned<String>,
     pub k3s_mirror: Option<Spanned<String>>,
+    /// Pins `k3s-arm64` (over images/k3s.toml): needed for a plain-http mirror.
+    pub k3s_sha256: Option<Spanned<String>>,
+    pub k3s_airgap_sha256: Option<Spanned<String>>,
     pub api_endpoint: Option<Spanned<String>>,
     #[serde(default)]
     pub airgap: bool,

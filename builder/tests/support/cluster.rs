@@ -66,15 +66,27 @@ pub fn setup(fixture_args: &[&str]) -> Setup {
         .arg(s.path("cluster"))
         .arg("--ssh-key")
         .arg(s.path("key.pub")));
+    // The local server speaks plain HTTP, so everything it serves is pinned
+    // in the cluster file, as picluster requires for http:// sources.
+    let release = www.join("k3s").join(VERSION);
     let text = std::fs::read_to_string(s.config()).unwrap();
     let text = text
         .replace(
             "# k3s_mirror = \"https://mirror.lan/k3s\"",
-            &format!("k3s_mirror = \"{}\"", s.server.url("k3s")),
+            &format!(
+                "k3s_mirror = \"{}\"\nk3s_sha256 = \"{}\"\nk3s_airgap_sha256 = \"{}\"",
+                s.server.url("k3s"),
+                sha256_file(&release.join("k3s-arm64")),
+                sha256_file(&release.join("k3s-airgap-images-arm64.tar.zst")),
+            ),
         )
         .replace(
             "base = \"raspios-bookworm-arm64-lite\"",
-            &format!("url = \"{}\"", s.server.url("base.img.xz")),
+            &format!(
+                "url = \"{}\"\nsha256 = \"{}\"",
+                s.server.url("base.img.xz"),
+                sha256_file(&www.join("base.img.xz"))
+            ),
         );
     std::fs::write(s.config(), text).unwrap();
     s
