@@ -152,7 +152,11 @@ mod tests {
         let version = env!("CARGO_PKG_VERSION");
         let stale = format!("{version}+src.0000000000000000");
         let e = check_version(p, &stale).unwrap_err().to_string();
-        assert!(e.contains("stale cross-build") && e.contains("cargo build --release -p picluster-node"), "{e}");
+        assert!(
+            e.contains("stale cross-build")
+                && e.contains("cargo build --release -p picluster-node"),
+            "{e}"
+        );
         let e = check_version(p, "0.0.1").unwrap_err().to_string();
         assert!(e.contains("another picluster release"), "{e}");
     }

@@ -483,7 +483,10 @@ fn validator_path(part: &Path) -> PathBuf {
 /// What `If-Range` may carry: a strong ETag, else Last-Modified (RFC 9110
 /// 13.1.5: weak ETags are not allowed there).
 fn resume_validator(h: &reqwest::header::HeaderMap) -> Option<String> {
-    let get = |k| h.get(k).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
+    let get = |k| {
+        h.get(k)
+            .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+    };
     get(reqwest::header::ETAG)
         .filter(|e| !e.starts_with("W/"))
         .or_else(|| get(reqwest::header::LAST_MODIFIED))

@@ -166,7 +166,6 @@ fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
         record["outputs"][1]["sha256"].as_str().unwrap(),
         sha256_file(&out.join("pi-worker-1.img"))
     );
-    use std::os::unix::fs::PermissionsExt;
     // Images carry the node's secrets: owner only. What describes them is
     // public and must hold no secret (checked with stat and by content).
     let secrets_toml = std::fs::read_to_string(s.path("cluster/secrets.toml")).unwrap();
@@ -350,6 +349,28 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
             .env_remove("PICLUSTER_AGENT"),
         &["/bin/true", "not an arm64 program"],
     );
+
+    // A stale cross-build: the same version, other sources.
+    let mut agent = std::fs::read(agent_binary()).unwrap();
+    let marker = b"picluster-node-version:";
+    let at = agent
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .unwrap();
+    let src = at + agent[at..].windows(5).position(|w| w == b"+src.").unwrap() + 5;
+    agent[src..src + 16].copy_from_slice(b"0123456789abcdef");
+    std::fs::write(s.path("stale-agent"), &agent).unwrap();
+    check(
+        "stale agent",
+        s.build("out", &["--agent", s.path("stale-agent").to_str().unwrap()])
+            .env_remove("PICLUSTER_AGENT"),
+        &[
+            "stale-agent",
+            "+src.0123456789abcdef",
+            "stale cross-build",
+            "cargo build --release -p picluster-node --target aarch64-unknown-linux-musl",
+        ],
+    );
 }
 
 #[test]
@@ -415,24 +436,18 @@ fn airgap_images_are_fetched_verified_and_placed() {
         sha256_file(&archive)
     );
 
-    // A release whose checksum list lacks the archive is refused by name.
-    let sums = s.path("www/k3s").join(VERSION).join("sha256sum-arm64.txt");
-    let listed = std::fs::read_to_string(&sums).unwrap();
-    std::fs::write(
-        &sums,
-        listed
-            .lines()
-            .filter(|l| !l.contains("airgap"))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-    .unwrap();
-    let err = fails(
-        s.build("out2", &["--node", "pi-worker-3"])
-            .env("PICLUSTER_CACHE_DIR", s.path("cache2")),
-    );
+    // Over the test server's plain http://, the archive must be pinned too.
+    let text = std::fs::read_to_string(s.config()).unwrap();
+    let unpinned: String = text
+        .lines()
+        .filter(|l| !l.starts_with("k3s_airgap_sha256"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(s.config(), unpinned).unwrap();
+    let err = fails(&mut s.build("out2", &["--node", "pi-worker-3"]));
     assert!(
-        err.contains("lists no k3s-airgap-images-arm64.tar.zst"),
+        err.contains("cluster.k3s_mirror") && err.contains("k3s_airgap_sha256"),
         "{err}"
     );
+    assert!(!s.path("out2").exists());
 }

@@ -4,7 +4,6 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 
-use support::http::Server;
 use support::*;
 
 fn secret_values(path: &std::path::Path) -> Vec<String> {
@@ -165,6 +164,27 @@ fn fetch_downloads_verifies_and_reports() {
     // Again: no second download.
     run(&mut cmd);
     assert_eq!(s.server.requests_for("base.img.xz").len(), 1);
+    // A cached base cut short (a full disk, a crash) is made again, not used.
+    let raw = cache.join("bases").join(format!("{sha}.img"));
+    let len = std::fs::metadata(&raw).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&raw)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let out = cmd.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("decompressing it again"),
+        "{said}"
+    );
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), len);
+    assert_eq!(
+        s.server.requests_for("base.img.xz").len(),
+        1,
+        "the blob was reused"
+    );
     let bad = fails(
         picluster(&cache)
             .arg("fetch")

@@ -46,7 +46,10 @@ fn env() -> Env {
 fn downloads_verify_and_cache_by_digest() {
     let e = env();
     let loc = Location::parse(&e.server.url("img.xz"));
-    let f = e.fetcher.fetch(&loc, &Expect::Sibling, "test").unwrap();
+    let f = e
+        .fetcher
+        .fetch(&loc, &Expect::Sha256(e.sha.clone()), "test")
+        .unwrap();
     assert_eq!(f.sha256, e.sha);
     assert!(!f.cached);
     assert_eq!(std::fs::read(&f.path).unwrap(), e.data);
@@ -79,9 +82,16 @@ fn a_cut_connection_is_resumed_with_a_range_request() {
 #[test]
 fn an_interrupted_download_resumes_in_a_later_run() {
     let e = env();
-    // A partial download left by an earlier run (e.g. Ctrl-C).
+    // A partial download left by an earlier run (e.g. Ctrl-C), with the
+    // ETag of the file it was taken from.
     let url = e.server.url("img.xz");
-    std::fs::write(e.fetcher.cache().partial(&url), &e.data[..1000]).unwrap();
+    let part = e.fetcher.cache().partial(&url);
+    std::fs::write(&part, &e.data[..1000]).unwrap();
+    std::fs::write(
+        part.with_extension("part.validator"),
+        Server::etag(&e.root.join("img.xz")),
+    )
+    .unwrap();
     let f = e
         .fetcher
         .fetch(
@@ -134,7 +144,8 @@ fn missing_files_and_checksums_are_explained() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
-    std::fs::remove_file(e.root.join("img.xz.sha256")).unwrap();
+    // Over plain http:// the .sha256 beside the file proves nothing: refused
+    // before anything is requested.
     let err = e
         .fetcher
         .fetch(
@@ -143,11 +154,119 @@ fn missing_files_and_checksums_are_explained() {
             "t",
         )
         .unwrap_err();
+    assert!(matches!(err, FetchError::PlainHttpUnpinned { .. }), "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains("no checksum") && msg.contains("img.xz.sha256") && msg.contains("sha256 ="),
+        msg.contains("https://") && msg.contains("sha256 ="),
         "{msg}"
     );
+    assert!(e.server.requests_for("img.xz.sha256").is_empty());
+    assert!(e.server.requests_for("img.xz").is_empty());
+    // A local file whose checksum file is unreadable.
+    std::fs::create_dir(e.root.join("dir.img.xz.sha256")).unwrap();
+    std::fs::write(e.root.join("dir.img.xz"), b"x").unwrap();
+    let err = e
+        .fetcher
+        .fetch(
+            &Location::parse(e.root.join("dir.img.xz").to_str().unwrap()),
+            &Expect::Sibling,
+            "t",
+        )
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no checksum")
+            && msg.contains("dir.img.xz.sha256")
+            && msg.contains("sha256 ="),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_partial_download_of_a_file_changed_upstream_starts_over() {
+    let e = env();
+    let url = e.server.url("img.xz");
+    let part = e.fetcher.cache().partial(&url);
+    // An earlier run got the first MiB of the old file...
+    std::fs::write(&part, &e.data[..1 << 20]).unwrap();
+    std::fs::write(
+        part.with_extension("part.validator"),
+        Server::etag(&e.root.join("img.xz")),
+    )
+    .unwrap();
+    // ...then the file was replaced upstream.
+    std::thread::sleep(Duration::from_millis(20));
+    let new: Vec<u8> = e.data.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(e.root.join("img.xz"), &new).unwrap();
+    let new_sha = support::sha256_file(&e.root.join("img.xz"));
+    let f = e
+        .fetcher
+        .fetch(&Location::parse(&url), &Expect::Sha256(new_sha), "t")
+        .expect("the changed file is fetched whole, not spliced onto the old part");
+    assert_eq!(std::fs::read(&f.path).unwrap(), new);
+    let r = &e.server.requests_for("img.xz")[0];
+    assert_eq!(r.range.as_deref(), Some("bytes=1048576-"));
+    assert!(r.if_range.is_some(), "{r:?}");
+}
+
+#[test]
+fn a_partial_download_with_nothing_to_identify_it_is_not_resumed() {
+    let e = env();
+    let url = e.server.url("img.xz");
+    std::fs::write(e.fetcher.cache().partial(&url), vec![0xee; 4096]).unwrap();
+    let f = e
+        .fetcher
+        .fetch(&Location::parse(&url), &Expect::Sha256(e.sha.clone()), "t")
+        .unwrap();
+    assert_eq!(std::fs::read(&f.path).unwrap(), e.data);
+    assert_eq!(e.server.requests_for("img.xz")[0].range, None);
+}
+
+#[test]
+fn a_damaged_cache_entry_is_downloaded_again() {
+    let e = env();
+    let loc = Location::parse(&e.server.url("img.xz"));
+    let expect = Expect::Sha256(e.sha.clone());
+    let f = e.fetcher.fetch(&loc, &expect, "t").unwrap();
+    // One flipped byte in the cached blob.
+    let mut bytes = std::fs::read(&f.path).unwrap();
+    bytes[12345] ^= 1;
+    std::fs::write(&f.path, &bytes).unwrap();
+    let again = e.fetcher.fetch(&loc, &expect, "t").unwrap();
+    assert!(!again.cached);
+    assert_eq!(std::fs::read(&again.path).unwrap(), e.data);
+    assert_eq!(e.server.requests_for("img.xz").len(), 2);
+}
+
+#[test]
+fn two_fetches_of_one_url_share_one_download() {
+    let e = env();
+    e.server.throttle("img.xz", Duration::from_millis(15));
+    let url = e.server.url("img.xz");
+    let cache = e.fetcher.cache().clone();
+    let sha = e.sha.clone();
+    let first = {
+        let (url, cache, sha) = (url.clone(), cache.clone(), sha.clone());
+        std::thread::spawn(move || {
+            Fetcher::new(cache)
+                .unwrap()
+                .fetch(&Location::parse(&url), &Expect::Sha256(sha), "a")
+                .unwrap()
+        })
+    };
+    // The first is still downloading (48 chunks x 15 ms) when the second starts.
+    std::thread::sleep(Duration::from_millis(200));
+    let second = Fetcher::new(cache)
+        .unwrap()
+        .fetch(&Location::parse(&url), &Expect::Sha256(sha), "b")
+        .unwrap();
+    let first = first.join().unwrap();
+    assert!(
+        !first.cached && second.cached,
+        "the second reused the first's blob"
+    );
+    assert_eq!(std::fs::read(&second.path).unwrap(), e.data);
+    assert_eq!(e.server.requests_for("img.xz").len(), 1);
 }
 
 #[test]

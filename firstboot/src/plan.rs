@@ -136,8 +136,14 @@ mod tests {
         // the agent's log is on the world-readable boot partition.
         let bytes = br#"{"format": "K10abc::server:sekrit-token"}"#;
         let raw = serde_json::from_slice::<NodeBundle>(bytes).unwrap_err();
-        assert!(raw.to_string().contains("sekrit"), "serde_json quotes values");
-        let e = format!("{:#}", parse_bundle(bytes, Path::new("b.json")).unwrap_err());
+        assert!(
+            raw.to_string().contains("sekrit"),
+            "serde_json quotes values"
+        );
+        let e = format!(
+            "{:#}",
+            parse_bundle(bytes, Path::new("b.json")).unwrap_err()
+        );
         assert!(!e.contains("sekrit") && e.contains("line 1, column"), "{e}");
     }
 }

@@ -268,10 +268,16 @@ fn a_malformed_secrets_file_never_reaches_the_log() {
     assert_ne!(bad, text, "the fixture has a format field to corrupt");
     std::fs::write(f.boot.join(boot_files::SECRETS), bad).unwrap();
     let err = format!("{:#}", stage1::run(&f.host(), None).unwrap_err());
-    assert!(err.contains("is not a picluster secrets file (line"), "{err}");
+    assert!(
+        err.contains("is not a picluster secrets file (line"),
+        "{err}"
+    );
     assert!(!err.contains(&token), "{err}");
     let log = std::fs::read_to_string(f.boot.join(boot_files::LOG)).unwrap();
-    assert!(log.contains("stage 1 FAILED") && !log.contains(&token), "{log}");
+    assert!(
+        log.contains("stage 1 FAILED") && !log.contains(&token),
+        "{log}"
+    );
     let journal = std::fs::read_to_string(f.path(node_paths::JOURNAL)).unwrap();
     assert!(!journal.contains(&token));
 }

@@ -82,8 +82,16 @@ mod tests {
         let pins = k3s_pins();
         assert!(!pins.is_empty());
         for p in pins {
-            assert!(crate::checks::k3s_version(&p.version).is_ok(), "{}", p.version);
-            assert!(crate::checks::sha256_hex(&p.k3s_arm64).is_ok(), "{}", p.version);
+            assert!(
+                crate::checks::k3s_version(&p.version).is_ok(),
+                "{}",
+                p.version
+            );
+            assert!(
+                crate::checks::sha256_hex(&p.k3s_arm64).is_ok(),
+                "{}",
+                p.version
+            );
             if let Some(a) = &p.airgap_arm64 {
                 assert!(crate::checks::sha256_hex(a).is_ok(), "{}", p.version);
             }
@@ -95,6 +103,9 @@ mod tests {
             .find_map(|l| l.trim().strip_prefix("k3s_version = \""))
             .and_then(|r| r.split('"').next())
             .unwrap();
-        assert!(k3s_pin(pinned).is_some(), "{pinned} has no pin in images/k3s.toml");
+        assert!(
+            k3s_pin(pinned).is_some(),
+            "{pinned} has no pin in images/k3s.toml"
+        );
     }
 }

@@ -384,7 +384,11 @@ impl Builder<'_, '_> {
             .or_else(|| listed.as_ref().map(|p| p.k3s_arm64.clone()));
         let airgap_sha256 = pin(&c.k3s_airgap_sha256, "cluster.k3s_airgap_sha256")
             .or_else(|| listed.and_then(|p| p.airgap_arm64));
-        if let Some(m) = c.k3s_mirror.as_ref().filter(|_| mirror.starts_with("http://")) {
+        if let Some(m) = c
+            .k3s_mirror
+            .as_ref()
+            .filter(|_| mirror.starts_with("http://"))
+        {
             let mut unpinned = Vec::new();
             if binary_sha256.is_none() {
                 unpinned.push("k3s_sha256 (k3s-arm64)");

@@ -174,9 +174,14 @@ impl<'a> Source<'a> {
 /// serde's "invalid type: string \"…\"" and "invalid value" messages quote the
 /// value, and the value may be a token; messages about keys do not.
 pub fn redact(message: &str) -> String {
-    let names_keys_only = ["missing field", "unknown field", "duplicate key", "duplicate field"]
-        .iter()
-        .any(|p| message.starts_with(p));
+    let names_keys_only = [
+        "missing field",
+        "unknown field",
+        "duplicate key",
+        "duplicate field",
+    ]
+    .iter()
+    .any(|p| message.starts_with(p));
     if names_keys_only {
         message.to_string()
     } else {
@@ -250,7 +255,10 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("sekrit"), "serde_json quotes values");
         let shown = json_error_redacted(&e);
-        assert!(!shown.contains("sekrit") && shown.starts_with("line 1, column"), "{shown}");
+        assert!(
+            !shown.contains("sekrit") && shown.starts_with("line 1, column"),
+            "{shown}"
+        );
         #[derive(Debug, serde::Deserialize)]
         #[allow(dead_code)]
         struct T {

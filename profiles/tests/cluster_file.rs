@@ -266,7 +266,11 @@ fn plain_http_sources_need_pinned_digests() {
         "# k3s_mirror = \"https://mirror.lan/k3s\"",
         "k3s_mirror = \"http://mirror.lan/k3s\"",
     )
-    .replacen("k3s_version = \"v1.33.5+k3s1\"", "k3s_version = \"v1.33.4+k3s1\"", 1);
+    .replacen(
+        "k3s_version = \"v1.33.5+k3s1\"",
+        "k3s_version = \"v1.33.4+k3s1\"",
+        1,
+    );
     let msg = expect_err(
         &text,
         &[
@@ -277,19 +281,31 @@ fn plain_http_sources_need_pinned_digests() {
         ],
     );
     assert!(
-        msg.contains(&format!("cluster.toml:{}:", line_of(&text, "k3s_mirror = \"http"))),
+        msg.contains(&format!(
+            "cluster.toml:{}:",
+            line_of(&text, "k3s_mirror = \"http")
+        )),
         "{msg}"
     );
     let pinned = text.replacen(
         "k3s_mirror = \"http://mirror.lan/k3s\"",
-        &format!("k3s_mirror = \"http://mirror.lan/k3s\"\nk3s_sha256 = \"{}\"", "ab".repeat(32)),
+        &format!(
+            "k3s_mirror = \"http://mirror.lan/k3s\"\nk3s_sha256 = \"{}\"",
+            "ab".repeat(32)
+        ),
         1,
     );
-    assert_eq!(parse(&pinned).unwrap().k3s.binary_sha256, Some("ab".repeat(32)));
+    assert_eq!(
+        parse(&pinned).unwrap().k3s.binary_sha256,
+        Some("ab".repeat(32))
+    );
     // airgap needs the archive pinned too.
     expect_err(
         &pinned.replacen("# airgap = false", "airgap = true", 1),
-        &["cluster.k3s_mirror", "k3s_airgap_sha256 (the air-gap archive)"],
+        &[
+            "cluster.k3s_mirror",
+            "k3s_airgap_sha256 (the air-gap archive)",
+        ],
     );
     // The version images/k3s.toml pins needs nothing more for the binary.
     let c = parse(&sample_with(
@@ -302,7 +318,10 @@ fn plain_http_sources_need_pinned_digests() {
         Some("21d032b2ca1bb2696c352eb0ff0c2d20bb06214b8c0a71b03494f958039ff06b")
     );
     expect_err(
-        &sample_with("k3s_version = \"v1.33.5+k3s1\"", "k3s_version = \"v1.33.5+k3s1\"\nk3s_sha256 = \"xyz\""),
+        &sample_with(
+            "k3s_version = \"v1.33.5+k3s1\"",
+            "k3s_version = \"v1.33.5+k3s1\"\nk3s_sha256 = \"xyz\"",
+        ),
         &["cluster.k3s_sha256"],
     );
 
@@ -312,18 +331,31 @@ fn plain_http_sources_need_pinned_digests() {
     );
     let msg = expect_err(
         &base,
-        &["image.url", "plain http://", "no `sha256` pins it", "fix: use an https:// URL"],
+        &[
+            "image.url",
+            "plain http://",
+            "no `sha256` pins it",
+            "fix: use an https:// URL",
+        ],
     );
-    assert!(msg.contains(&format!("cluster.toml:{}:", line_of(&base, "url = \"http"))), "{msg}");
+    assert!(
+        msg.contains(&format!("cluster.toml:{}:", line_of(&base, "url = \"http"))),
+        "{msg}"
+    );
     let ok = base.replacen(
         "url = \"http://mirror.lan/pios.img.xz\"",
-        &format!("url = \"http://mirror.lan/pios.img.xz\"\nsha256 = \"{}\"", "cd".repeat(32)),
+        &format!(
+            "url = \"http://mirror.lan/pios.img.xz\"\nsha256 = \"{}\"",
+            "cd".repeat(32)
+        ),
         1,
     );
     assert!(parse(&ok).is_ok());
-    assert!(parse(&sample_with(
-        "base = \"raspios-bookworm-arm64-lite\"",
-        "url = \"https://mirror.lan/pios.img.xz\"",
-    ))
-    .is_ok());
+    assert!(
+        parse(&sample_with(
+            "base = \"raspios-bookworm-arm64-lite\"",
+            "url = \"https://mirror.lan/pios.img.xz\"",
+        ))
+        .is_ok()
+    );
 }

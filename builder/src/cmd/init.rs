@@ -90,10 +90,7 @@ pub fn init(args: &InitArgs) -> Result<()> {
     }
     let gitignore = args.dir.join(".gitignore");
     if !gitignore.exists() {
-        write_new(
-            &gitignore,
-            GITIGNORE,
-        )?;
+        write_new(&gitignore, GITIGNORE)?;
     } else {
         let have = fs::read_to_string(&gitignore).unwrap_or_default();
         let missing: Vec<&str> = ["secrets.toml", "images/"]
@@ -131,7 +128,8 @@ pub fn init(args: &InitArgs) -> Result<()> {
 /// The sample `.gitignore`: the secrets file, and the image output folder
 /// (`images/`, where `build` and `quickstart.sh` write): every node image
 /// carries the node's tokens and password.
-const GITIGNORE: &[u8] = b"# Cluster secrets never go into git; node images carry them too.\nsecrets.toml\nimages/\n";
+const GITIGNORE: &[u8] =
+    b"# Cluster secrets never go into git; node images carry them too.\nsecrets.toml\nimages/\n";
 
 fn write_new(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
