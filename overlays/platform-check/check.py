@@ -10,7 +10,7 @@ Configuration comes from the environment (the Job's env and the Secret
 platform-check-env); no credential is ever printed or passed as an argument.
 
   CHECKS            comma-separated: s3,postgresql,trino,nifi,jupyter,grafana,prometheus,loki
-  WAIT_SECONDS      how long each check waits for its component (default 1800)
+  WAIT_SECONDS      how long the checks wait, in all, for their components (default 1800)
   S3_ENDPOINT, S3_BUCKET, S3_REGION, S3_ACCESS_KEY, S3_SECRET_KEY
   PG_HOST, PG_PORT, PG_DATABASE, PG_USER, PG_PASSWORD
   TRINO_URL, NIFI_URL, JUPYTER_URL, GRAFANA_URL, PROMETHEUS_URL, LOKI_URL
@@ -495,9 +495,12 @@ def main(argv):
         return 2
     wait = float(os.environ.get("WAIT_SECONDS", "1800"))
     pause = float(os.environ.get("RETRY_SECONDS", "10"))
+    # One budget for all checks: the platform comes up while the first ones
+    # wait; once it is spent, every remaining check still gets one attempt.
+    deadline = time.monotonic() + wait
     results = {}
     for name in names:
-        state, reason = run_check(name, time.monotonic() + wait, pause)
+        state, reason = run_check(name, deadline, pause)
         results[name] = (state, reason)
         print(f"{'ok' if state == 'ok' else 'FAILED':<8} {name:<11} {reason}", flush=True)
     finished = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

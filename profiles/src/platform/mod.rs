@@ -18,6 +18,7 @@ pub mod budget;
 pub mod catalog;
 mod chart_archive;
 pub mod manifests;
+mod selftest;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
