@@ -15,6 +15,10 @@ use serde_json::{Value, json};
 use super::budget::sizes;
 use super::catalog::{self, Chart, Component};
 use super::chart_archive::chart_tgz;
+pub use super::sizing::trino_memory;
+use super::sizing::{
+    NIFI_CODE_CACHE, NIFI_METASPACE, g1_region_mib, nifi_heap_mib, pg_excluded_alerts,
+};
 use super::{Platform, Settings};
 use crate::bundle::node_paths::MANIFESTS_DIR;
 use crate::cluster::Cluster;
@@ -149,53 +153,6 @@ fn mib_of(quantity: &str) -> u32 {
         _ => ("0", 0),
     };
     n.parse::<u32>().unwrap_or(0).saturating_mul(mult)
-}
-
-/// Trino's memory split for a container of `container_mib`: the heap is 65%
-/// (the rest holds the 256 MiB code cache, metaspace, threads and direct
-/// buffers); of the heap, 25% is headroom for untracked allocations and 50%
-/// the per-query limit, so `max-memory-per-node + headroom < -Xmx`.
-pub fn trino_memory(container_mib: u32) -> (u32, u32, u32) {
-    let heap = container_mib * 65 / 100 / 64 * 64;
-    (heap, heap / 4, heap / 2)
-}
-
-/// G1 region size in MiB for a heap of `heap_mib`: the largest power of two
-/// (1–32, G1's range) that still cuts the heap into at least 256 regions. The
-/// trino chart's fixed 32M (1.42.2 values.yaml) leaves a 1–2 GB heap only
-/// 40–60 regions, so humongous objects and mixed collections suffer.
-pub fn g1_region_mib(heap_mib: u32) -> u32 {
-    let mut size = 32;
-    while size > 1 && heap_mib / size < 256 {
-        size /= 2;
-    }
-    size
-}
-
-/// NiFi's heap for a container of `container_mib`: 40% rounded down to
-/// 64 MiB; the rest is for the capped code cache and metaspace, threads,
-/// direct buffers and NiFi's bootstrap JVM in the same container.
-pub fn nifi_heap_mib(container_mib: u32) -> u32 {
-    container_mib * 40 / 100 / 64 * 64
-}
-/// Caps of NiFi's non-heap JVM areas (bootstrap.conf java.arg).
-pub const NIFI_CODE_CACHE: &str = "128m";
-pub const NIFI_METASPACE: &str = "256m";
-
-/// CloudNativePG alert rules that cannot hold with `instances` PostgreSQL
-/// instances on Pis (cluster chart 0.8.1 prometheus_rules/): HACritical
-/// fires whenever there is no standby, HAWarning with fewer than two, and
-/// ZoneSpread counts topology zones, which home nodes do not carry.
-pub fn pg_excluded_alerts(instances: u32) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if instances < 2 {
-        out.push("CNPGClusterHACritical");
-    }
-    if instances < 3 {
-        out.push("CNPGClusterHAWarning");
-    }
-    out.push("CNPGClusterZoneSpreadWarning");
-    out
 }
 
 struct Ctx<'a> {
@@ -699,21 +656,5 @@ mod tests {
         let mut v = BTreeMap::new();
         v.insert("a".to_string(), "1".to_string());
         assert_eq!(fill("x @@a@@ y @@b@@ ${ENV:Z}", &v), "x 1 y @@b@@ ${ENV:Z}");
-    }
-
-    #[test]
-    fn trino_memory_keeps_query_memory_and_headroom_under_the_heap() {
-        for container in [2048, 3072, 4096, 6144] {
-            let (heap, headroom, per_node) = trino_memory(container);
-            assert!(
-                per_node + headroom < heap,
-                "{container}: {per_node}+{headroom} vs {heap}"
-            );
-            assert!(
-                heap + 512 <= container,
-                "{container}: heap {heap} leaves no room off-heap"
-            );
-        }
-        assert_eq!(trino_memory(3072), (1984, 496, 992));
     }
 }

@@ -19,6 +19,7 @@ pub mod catalog;
 mod chart_archive;
 pub mod manifests;
 mod selftest;
+pub mod sizing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
