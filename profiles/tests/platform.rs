@@ -575,7 +575,8 @@ fn platform_check_script_against_real_and_fake_services() {
         "{text}\n(needs `apt-get install postgresql` and `pip install -r tests/platform/requirements.txt`)"
     );
     assert!(
-        text.contains("test_failures_are_loud_and_name_the_reason ... ok"),
+        text.contains("test_failures_are_loud_and_name_the_reason")
+            && text.trim_end().ends_with("OK"),
         "{text}"
     );
 }
