@@ -515,6 +515,18 @@ fn schema_validation_of_every_selection() {
         get("picluster-trino.yaml").replacen("    server:\n", "    sever:\n", 1),
     )
     .unwrap();
+    // The platform rules (tests/platform/rules.py): a Job without a deadline
+    // and a data-owning release that would reinstall are refused.
+    std::fs::write(
+        bad.path().join("picluster-seaweedfs.yaml"),
+        get("picluster-seaweedfs.yaml").replacen("  activeDeadlineSeconds: 1800\n", "", 1),
+    )
+    .unwrap();
+    std::fs::write(
+        bad.path().join("picluster-postgresql.yaml"),
+        get("picluster-postgresql.yaml").replacen("  failurePolicy: abort\n", "", 1),
+    )
+    .unwrap();
     let output = Command::new("python3")
         .arg(&script)
         .arg(bad.path())
@@ -528,4 +540,65 @@ fn schema_validation_of_every_selection() {
         "{text}"
     );
     assert!(text.contains("`sever."), "{text}");
+    assert!(
+        text.contains("Job/seaweedfs-buckets: Job without activeDeadlineSeconds"),
+        "{text}"
+    );
+    assert!(
+        text.contains("HelmChart/postgresql: failurePolicy is not `abort`"),
+        "{text}"
+    );
+}
+
+/// tests/platform/test_platform_check.py: the self-test script against a
+/// real PostgreSQL (Debian's `postgresql` package, started by the test) and
+/// local fakes of the HTTP services (needs botocore from requirements.txt).
+#[test]
+fn platform_check_script_against_real_and_fake_services() {
+    if std::env::var_os("PICLUSTER_NO_PYTHON").is_some() {
+        eprintln!("PICLUSTER_NO_PYTHON is set: platform check script tests skipped");
+        return;
+    }
+    let output = Command::new("python3")
+        .args([
+            "-m",
+            "unittest",
+            "-v",
+            "tests/platform/test_platform_check.py",
+        ])
+        .current_dir(repo_root())
+        .output()
+        .expect("python3 runs (or set PICLUSTER_NO_PYTHON=1)");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{text}\n(needs `apt-get install postgresql` and `pip install -r tests/platform/requirements.txt`)"
+    );
+    assert!(
+        text.contains("test_failures_are_loud_and_name_the_reason")
+            && text.trim_end().ends_with("OK"),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_selection_carries_the_self_test() {
+    let c = parse(&with_components("\"nifi\"", "")).unwrap();
+    let ms = manifests(&c, &secrets_for(&c)).unwrap();
+    let job = ms
+        .iter()
+        .find(|m| m.file_name == "picluster-platform-check.yaml")
+        .unwrap();
+    assert!(!job.secret && job.component.is_none());
+    assert!(
+        job.content.contains("\"value\":\"nifi\""),
+        "{}",
+        job.content
+    );
+    // Pinned by tag and digest, like every image picluster writes itself.
+    assert!(job.content.contains("python:3.13-alpine3.23@sha256:"));
+    assert!(
+        ms.iter()
+            .any(|m| m.secret && m.file_name == "picluster-platform-check-secrets.yaml")
+    );
 }

@@ -14,7 +14,10 @@ Every *.yaml under DIR is checked:
     version (chart-values-keys.json), and a chartContent archive unpacks to a
     chart whose templates parse;
   * Secrets appear only in *-secrets.yaml files, which hold nothing else but
-    Namespaces.
+    Namespaces;
+  * the files of each directory (one rendered selection) follow rules.py:
+    bounded Jobs reaching ports their Services expose, data-owning releases
+    with failurePolicy abort, alerts that can hold, memory floors and caps.
 Exit status 0 when everything passes; every failure is printed.
 """
 
@@ -28,6 +31,8 @@ import tarfile
 import jsonschema
 import kubernetes_validate
 import yaml
+
+import rules
 
 KUBERNETES_VERSION = "1.33.0"  # K3s v1.33.x, the release the sample cluster pins
 HERE = pathlib.Path(__file__).resolve().parent
@@ -138,7 +143,7 @@ def check_object(where, doc, in_chart=False):
     return kind
 
 
-def check_file(path):
+def check_file(path, collected):
     where = str(path)
     try:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -152,6 +157,7 @@ def check_file(path):
         kind = check_object(where, doc)
         if kind is None:
             continue
+        collected.setdefault(path.parent, []).append((path.name, doc))
         if kind == ("v1", "Secret") and not secret_file:
             fail(where, "a Secret outside a *-secrets.yaml file")
         if secret_file and kind not in {("v1", "Secret"), ("v1", "Namespace")}:
@@ -164,10 +170,13 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
     files = docs = 0
+    selections = {}
     for d in argv[1:]:
         for path in sorted(pathlib.Path(d).rglob("*.yaml")):
             files += 1
-            docs += check_file(path)
+            docs += check_file(path, selections)
+    for directory, found in sorted(selections.items()):
+        rules.check_selection(str(directory), found, lambda w, m, d=directory: fail(f"{d}: {w}", m))
     if files == 0:
         fail(" ".join(argv[1:]), "no *.yaml files found")
     for e in errors:

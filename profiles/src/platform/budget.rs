@@ -23,6 +23,10 @@ pub const K3S_SERVER_MIB: u32 = 1600;
 pub const K3S_AGENT_MIB: u32 = 300;
 /// K3s's own add-ons (CoreDNS, metrics-server, Traefik, local-path), counted on the first server.
 pub const K3S_ADDONS_MIB: u32 = 256;
+/// picluster's one-off Jobs (the platform self-test, 96 MiB, and SeaweedFS's
+/// bucket Job, 64 MiB), which may run at the same time; reserved on the first
+/// server, whichever node the scheduler gives them.
+pub const ONE_OFF_JOBS_MIB: u32 = 160;
 /// Four Cortex-A76 cores.
 pub const NODE_CPU_M: u32 = 4000;
 pub const OS_RESERVED_CPU_M: u32 = 200;
@@ -72,7 +76,9 @@ pub mod sizes {
     pub const PROMETHEUS_OPERATOR: Size = (128, 50);
     pub const CONFIG_RELOADER: Size = (32, 10);
     pub const ALERTMANAGER: Size = (64, 20);
-    pub const GRAFANA: Size = (256, 100);
+    /// Grafana 13 with the chart's ~30 default dashboards; the grafana chart
+    /// (12.11.1 templates/_pod.tpl) sets GOMEMLIMIT to the whole limit.
+    pub const GRAFANA: Size = (512, 100);
     /// Each of Grafana's two sidecars (dashboards, datasources).
     pub const GRAFANA_SIDECAR: Size = (64, 10);
     pub const KUBE_STATE_METRICS: Size = (96, 20);
@@ -84,7 +90,10 @@ pub mod sizes {
     pub const CERT_MANAGER_CONTROLLER: Size = (128, 20);
     pub const CERT_MANAGER_WEBHOOK: Size = (64, 10);
     pub const CERT_MANAGER_CAINJECTOR: Size = (128, 20);
+    /// A request only: upstream sets no limit (it also serves Longhorn's webhooks).
     pub const LONGHORN_MANAGER: Size = (256, 100);
+    /// The platform self-test Job (Python, standard library).
+    pub const PLATFORM_CHECK: Size = (96, 20);
     /// Instance manager, engine image and CSI plugin per node: Longhorn sets
     /// no memory request for these, so this is an estimate.
     pub const LONGHORN_NODE_ESTIMATE: Size = (384, 150);
@@ -288,7 +297,7 @@ pub fn place(nodes: &[Node], pods: &[PodSpec], node_memory_mib: u32) -> Result<B
                     Role::Agent => (K3S_AGENT_MIB, K3S_AGENT_CPU_M),
                 };
                 let (addon_mem, addon_cpu) = if n.init {
-                    (K3S_ADDONS_MIB, K3S_ADDONS_CPU_M)
+                    (K3S_ADDONS_MIB + ONE_OFF_JOBS_MIB, K3S_ADDONS_CPU_M)
                 } else {
                     (0, 0)
                 };
@@ -454,6 +463,14 @@ impl fmt::Display for Budget {
         let (used, cap): (u32, u32) = self.nodes.iter().fold((0, 0), |(u, c), n| {
             (u + n.mem_used(), c + n.mem_capacity_mib)
         });
-        write!(f, "total: {} of {} requested", gib(used), gib(cap))
+        let overhead = self.node_memory_mib * self.nodes.len() as u32 - cap;
+        write!(
+            f,
+            "total: {} of {} requested; the OS, K3s and picluster's one-off Jobs keep {} of the {}",
+            gib(used),
+            gib(cap),
+            gib(overhead),
+            gib(self.node_memory_mib * self.nodes.len() as u32)
+        )
     }
 }

@@ -218,5 +218,11 @@ pub const NIFI_IMAGE: &str = "apache/nifi:2.9.0";
 pub const JUPYTER_IMAGE: &str = "quay.io/jupyter/minimal-notebook:python-3.12";
 /// Installed into the Jupyter user's home on first start (pip, pinned).
 pub const JUPYTER_PIP_PACKAGES: &str = "trino==0.340.0 boto3==1.44.5 pandas==3.1.1";
+/// Runs the platform self-test and SeaweedFS's bucket Job (standard-library
+/// Python only). Pinned by tag and by the digest of its multi-arch index
+/// (linux/arm64 v8 among its platforms), as docker-library/repo-info records
+/// it in repos/python/remote/3.13-alpine3.23.md at commit 27b273677675
+/// (Python 3.13.15 on Alpine 3.23.6).
+pub const PLATFORM_CHECK_IMAGE: &str = "python:3.13-alpine3.23@sha256:6438599575cca0d1df94aeee0d2ae088d4d8846eab554b2ee7784a3a6df0d516";
 /// PostgreSQL major version of the CloudNativePG cluster.
 pub const POSTGRESQL_MAJOR: &str = "17";

@@ -15,6 +15,10 @@ use serde_json::{Value, json};
 use super::budget::sizes;
 use super::catalog::{self, Chart, Component};
 use super::chart_archive::chart_tgz;
+pub use super::sizing::trino_memory;
+use super::sizing::{
+    NIFI_CODE_CACHE, NIFI_METASPACE, g1_region_mib, nifi_heap_mib, pg_excluded_alerts,
+};
 use super::{Platform, Settings};
 use crate::bundle::node_paths::MANIFESTS_DIR;
 use crate::cluster::Cluster;
@@ -24,7 +28,8 @@ use crate::secrets::{Secrets, random_hex, secrets_path};
 /// One file for `/var/lib/rancher/k3s/server/manifests/`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Manifest {
-    pub component: Component,
+    /// `None` for the platform self-test, which belongs to no one component.
+    pub component: Option<Component>,
     /// `picluster-<component>.yaml` or `picluster-<component>-secrets.yaml`.
     pub file_name: String,
     pub content: String,
@@ -101,7 +106,7 @@ pub fn generate_missing(
 }
 
 /// Replace `@@name@@` placeholders.
-fn fill(template: &str, vars: &BTreeMap<String, String>) -> String {
+pub(super) fn fill(template: &str, vars: &BTreeMap<String, String>) -> String {
     let mut out = String::with_capacity(template.len() + 1024);
     let mut rest = template;
     while let Some(start) = rest.find("@@") {
@@ -123,7 +128,7 @@ fn fill(template: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
-fn resources(mem_mib: u32, cpu_m: u32) -> String {
+pub(super) fn resources(mem_mib: u32, cpu_m: u32) -> String {
     let limit = (cpu_m * 4).clamp(500, 4000);
     json!({
         "requests": {"memory": format!("{mem_mib}Mi"), "cpu": format!("{cpu_m}m")},
@@ -136,7 +141,7 @@ fn size(s: sizes::Size) -> String {
     resources(s.0, s.1)
 }
 
-fn jstr(s: &str) -> String {
+pub(super) fn jstr(s: &str) -> String {
     Value::String(s.to_string()).to_string()
 }
 
@@ -148,15 +153,6 @@ fn mib_of(quantity: &str) -> u32 {
         _ => ("0", 0),
     };
     n.parse::<u32>().unwrap_or(0).saturating_mul(mult)
-}
-
-/// Trino's memory split for a container of `container_mib`: the heap is 65%
-/// (the rest holds the 256 MiB code cache, metaspace, threads and direct
-/// buffers); of the heap, 25% is headroom for untracked allocations and 50%
-/// the per-query limit, so `max-memory-per-node + headroom < -Xmx`.
-pub fn trino_memory(container_mib: u32) -> (u32, u32, u32) {
-    let heap = container_mib * 65 / 100 / 64 * 64;
-    (heap, heap / 4, heap / 2)
 }
 
 struct Ctx<'a> {
@@ -256,10 +252,16 @@ impl Ctx<'_> {
                     "monitoring".into(),
                     self.platform.has(Component::Monitoring).to_string(),
                 );
+                v.insert(
+                    "pg_exclude_rules".into(),
+                    json!(pg_excluded_alerts(s.replicas)).to_string(),
+                );
                 include_str!("../../../overlays/postgresql.yaml")
             }
             Component::Seaweedfs => {
                 v.insert("image".into(), jstr(catalog::SEAWEEDFS_IMAGE));
+                v.insert("check_image".into(), jstr(catalog::PLATFORM_CHECK_IMAGE));
+                v.insert("check_script".into(), jstr(super::selftest::SCRIPT));
                 v.insert("res.seaweedfs".into(), main);
                 include_str!("../../../overlays/seaweedfs.yaml")
             }
@@ -278,6 +280,8 @@ impl Ctx<'_> {
                 v.insert("worker_heap".into(), format!("{wh}M"));
                 v.insert("worker_headroom".into(), format!("{whr}MB"));
                 v.insert("worker_per_node".into(), format!("{wpn}MB"));
+                v.insert("coord_region".into(), format!("{}M", g1_region_mib(ch)));
+                v.insert("worker_region".into(), format!("{}M", g1_region_mib(wh)));
                 v.insert("query_max_memory".into(), format!("{}MB", wpn * s.replicas));
                 v.insert(
                     "res.trino-coordinator".into(),
@@ -288,7 +292,9 @@ impl Ctx<'_> {
             }
             Component::Nifi => {
                 v.insert("image".into(), jstr(catalog::NIFI_IMAGE));
-                v.insert("heap".into(), format!("{}m", s.memory_mib / 2));
+                v.insert("heap".into(), format!("{}m", nifi_heap_mib(s.memory_mib)));
+                v.insert("nifi_code_cache".into(), NIFI_CODE_CACHE.into());
+                v.insert("nifi_metaspace".into(), NIFI_METASPACE.into());
                 v.insert("res.nifi".into(), main);
                 include_str!("../../../overlays/nifi.yaml")
             }
@@ -336,6 +342,23 @@ impl Ctx<'_> {
                     json!([])
                 };
                 v.insert("grafana_datasources".into(), datasources.to_string());
+                // SeaweedFS's metrics (-metricsPort 9327) through the endpoints
+                // of its headless Service; a scrape config rather than a
+                // ServiceMonitor, so no custom resource races its CRD.
+                let scrape = if self.platform.has(Component::Seaweedfs) {
+                    json!([{
+                        "job_name": "seaweedfs",
+                        "kubernetes_sd_configs": [{"role": "endpoints", "namespaces": {"names": ["s3"]}}],
+                        "relabel_configs": [
+                            {"source_labels": ["__meta_kubernetes_service_name", "__meta_kubernetes_endpoint_port_name"],
+                             "regex": "seaweedfs;metrics", "action": "keep"},
+                            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}
+                        ]
+                    }])
+                } else {
+                    json!([])
+                };
+                v.insert("extra_scrape_configs".into(), scrape.to_string());
                 include_str!("../../../overlays/monitoring.yaml")
             }
             Component::Logs => {
@@ -396,7 +419,12 @@ impl Ctx<'_> {
             }
             Component::Longhorn => {
                 self.chart(&mut v, "", catalog::LONGHORN);
-                v.insert("res.longhorn-manager".into(), size(sizes::LONGHORN_MANAGER));
+                let (m, c) = sizes::LONGHORN_MANAGER;
+                v.insert(
+                    "res.longhorn-manager".into(),
+                    json!({"requests": {"memory": format!("{m}Mi"), "cpu": format!("{c}m")}})
+                        .to_string(),
+                );
                 include_str!("../../../overlays/longhorn.yaml")
             }
         };
@@ -464,7 +492,20 @@ impl Ctx<'_> {
                     }],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"]
                 }]});
-                self.secret_obj(ns, "s3-config", "Opaque", json!({"s3.json": config.to_string()}))
+                let client = self.secret_obj(
+                    ns,
+                    "s3-client",
+                    "Opaque",
+                    json!({
+                        "S3_ACCESS_KEY": self.secret(keys::S3_ACCESS_KEY),
+                        "S3_SECRET_KEY": self.secret(keys::S3_SECRET_KEY)
+                    }),
+                );
+                return vec![
+                    self.namespace(ns),
+                    self.secret_obj(ns, "s3-config", "Opaque", json!({"s3.json": config.to_string()})),
+                    client,
+                ];
             }
             Component::Minio => self.secret_obj(
                 ns,
@@ -519,7 +560,7 @@ impl Ctx<'_> {
     }
 }
 
-fn yaml_stream(header: &str, docs: &[Value]) -> String {
+pub(super) fn yaml_stream(header: &str, docs: &[Value]) -> String {
     let mut out = String::from(header);
     for d in docs {
         out.push_str("---\n");
@@ -577,7 +618,7 @@ pub fn manifests(cluster: &Cluster, secrets: &Secrets) -> Result<Vec<Manifest>, 
         let docs = ctx.secret_docs(c);
         if !docs.is_empty() {
             out.push(Manifest {
-                component: c,
+                component: Some(c),
                 file_name: format!("picluster-{c}-secrets.yaml"),
                 content: yaml_stream(
                     &format!(
@@ -591,7 +632,7 @@ pub fn manifests(cluster: &Cluster, secrets: &Secrets) -> Result<Vec<Manifest>, 
         }
         let body = ctx.public(c);
         out.push(Manifest {
-            component: c,
+            component: Some(c),
             file_name: format!("picluster-{c}.yaml"),
             content: format!(
                 "# Rendered by picluster for cluster \"{}\"; rebuild the image to change it.\n{body}",
@@ -599,6 +640,9 @@ pub fn manifests(cluster: &Cluster, secrets: &Secrets) -> Result<Vec<Manifest>, 
             ),
             secret: false,
         });
+    }
+    if !platform.is_empty() {
+        out.extend(super::selftest::manifests(cluster, &secrets.platform));
     }
     Ok(out)
 }
@@ -612,21 +656,5 @@ mod tests {
         let mut v = BTreeMap::new();
         v.insert("a".to_string(), "1".to_string());
         assert_eq!(fill("x @@a@@ y @@b@@ ${ENV:Z}", &v), "x 1 y @@b@@ ${ENV:Z}");
-    }
-
-    #[test]
-    fn trino_memory_keeps_query_memory_and_headroom_under_the_heap() {
-        for container in [2048, 3072, 4096, 6144] {
-            let (heap, headroom, per_node) = trino_memory(container);
-            assert!(
-                per_node + headroom < heap,
-                "{container}: {per_node}+{headroom} vs {heap}"
-            );
-            assert!(
-                heap + 512 <= container,
-                "{container}: heap {heap} leaves no room off-heap"
-            );
-        }
-        assert_eq!(trino_memory(3072), (1984, 496, 992));
     }
 }

@@ -18,6 +18,8 @@ pub mod budget;
 pub mod catalog;
 mod chart_archive;
 pub mod manifests;
+mod selftest;
+pub mod sizing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
