@@ -260,6 +260,29 @@ fn compressed_outputs_decompress_to_the_raw_image() {
         .arg("-c")
         .arg("SHA256SUMS")
         .current_dir(s.path("gz")));
+
+    // The bmap is named for the artefact and describes the raw image it
+    // decompresses to: a compressed build into the raw build's folder leaves
+    // each image with its own bmap.
+    assert!(s.path("gz/pi-master.img.gz.bmap").is_file());
+    assert!(!s.path("gz/pi-master.img.bmap").exists());
+    assert_eq!(
+        std::fs::read(s.path("gz/pi-master.img.gz.bmap")).unwrap(),
+        std::fs::read(s.path("raw/pi-master.img.bmap")).unwrap()
+    );
+    run(s
+        .build("raw", &["--node", "pi-master", "--compress", "gz"])
+        .envs(epoch));
+    let raw_bmap = std::fs::read(s.path("raw/pi-master.img.bmap")).unwrap();
+    assert_eq!(
+        raw_bmap,
+        std::fs::read(s.path("gz/pi-master.img.gz.bmap")).unwrap()
+    );
+    run(Command::new("bmaptool")
+        .args(["copy", "--bmap"])
+        .arg(s.path("raw/pi-master.img.bmap"))
+        .arg(s.path("raw/pi-master.img"))
+        .arg(s.path("copy.img")));
 }
 
 /// Each bad input fails with a message, and leaves no file in the output directory.

@@ -432,8 +432,10 @@ impl Prepared {
         how: Compress,
     ) -> Result<(Vec<Staged>, Output)> {
         let image_size = raw.file().metadata()?.len();
-        let raw_name = format!("{}.img", node.name);
-        let bmap_name = format!("{raw_name}.bmap");
+        let name = format!("{}{}", node.name, how.suffix());
+        // Named for the artefact it describes (bmaptool's own lookup): after a
+        // build with another --compress, each image still has its own bmap.
+        let bmap_name = format!("{name}.bmap");
         let bmap = Staged::new(&out.join(&bmap_name))?;
         bmap.set_mode(0o644)?;
         let map = self
@@ -442,7 +444,6 @@ impl Prepared {
             .context("cannot map the image's used blocks")?;
         std::io::Write::write_all(&mut bmap.file(), map.to_xml().as_bytes())?;
 
-        let name = format!("{}{}", node.name, how.suffix());
         let (image, sha256, size) = match (how, digest) {
             (Compress::None, Some(sha)) => (raw, sha, image_size),
             (Compress::None, None) => unreachable!("raw images are hashed while written"),

@@ -64,8 +64,21 @@ fn refuse(msg: String) -> FlashError {
 }
 
 /// Check that `path` is a whole disk nobody uses (or, with `allow_file`, an
-/// existing regular file).
+/// existing regular file). Diagnostics only: [`open_target`] is what a flash
+/// goes through.
 pub fn check_target(path: &Path, allow_file: bool, sys: &System) -> Result<Target, FlashError> {
+    let meta = stat_target(path, allow_file)?;
+    if meta.file_type().is_file() {
+        return Ok(Target {
+            path: path.to_path_buf(),
+            disk: None,
+        });
+    }
+    check_block(path, meta.rdev(), sys)
+}
+
+/// What `path` is, refusing anything but a block device (or an allowed file).
+fn stat_target(path: &Path, allow_file: bool) -> Result<fs::Metadata, FlashError> {
     let meta = fs::metadata(path).map_err(|e| {
         refuse(format!(
             "{}: {e}; give the whole-disk device of the card or drive, e.g. /dev/sdb or /dev/mmcblk0 (see `lsblk`)",
@@ -73,33 +86,33 @@ pub fn check_target(path: &Path, allow_file: bool, sys: &System) -> Result<Targe
         ))
     })?;
     let ft = meta.file_type();
-    if ft.is_file() && allow_file {
-        return Ok(Target {
-            path: path.to_path_buf(),
-            disk: None,
-        });
+    if ft.is_block_device() || (ft.is_file() && allow_file) {
+        return Ok(meta);
     }
-    if !ft.is_block_device() {
-        let what = if ft.is_file() {
-            "a regular file"
-        } else if ft.is_dir() {
-            "a directory"
-        } else if ft.is_char_device() {
-            "a character device"
+    let what = if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else {
+        "not a device"
+    };
+    Err(refuse(format!(
+        "{} is {what}, not a block device; give the whole-disk device of the card or drive, e.g. /dev/sdb or /dev/mmcblk0 (see `lsblk`){}",
+        path.display(),
+        if ft.is_file() {
+            ". To write into a regular file on purpose (tests), pass --allow-regular-file"
         } else {
-            "not a device"
-        };
-        return Err(refuse(format!(
-            "{} is {what}, not a block device; give the whole-disk device of the card or drive, e.g. /dev/sdb or /dev/mmcblk0 (see `lsblk`){}",
-            path.display(),
-            if ft.is_file() {
-                ". To write into a regular file on purpose (tests), pass --allow-regular-file"
-            } else {
-                ""
-            }
-        )));
-    }
-    let dev = devno(meta.rdev());
+            ""
+        }
+    )))
+}
+
+/// The checks of a block device, by device number: a whole disk, not a loop
+/// device over another disk, not the system's, nothing mounted, swapped or held.
+fn check_block(path: &Path, rdev: u64, sys: &System) -> Result<Target, FlashError> {
+    let dev = devno(rdev);
     let dir = sysfs_dir(sys, &dev).ok_or_else(|| {
         refuse(format!(
             "{} (device {dev}) is not listed in {}/dev/block; is /sys mounted?",
@@ -114,6 +127,16 @@ pub fn check_target(path: &Path, allow_file: bool, sys: &System) -> Result<Targe
             "{} is a partition ({name}) of /dev/{disk}; flash the whole disk: /dev/{disk}",
             path.display()
         )));
+    }
+    // A loop device over a block device hides that disk from every check
+    // below (its mounts, its swap, being the system disk).
+    if let Some(backing) = read_trim(&dir.join("loop/backing_file")) {
+        let backing = backing.trim_end_matches(" (deleted)");
+        if fs::metadata(backing).is_ok_and(|m| m.file_type().is_block_device()) {
+            return Err(refuse(format!(
+                "/dev/{name} is a loop device over the block device {backing}: the checks cannot see what {backing} holds; flash {backing} itself"
+            )));
+        }
     }
 
     // The disk and its partitions, by device number and name.
@@ -235,30 +258,113 @@ pub fn check_target(path: &Path, allow_file: bool, sys: &System) -> Result<Targe
     })
 }
 
-/// Open the target for writing: `O_EXCL` on a block device makes the kernel
-/// refuse if anything mounted or claimed it since the checks, and keeps
-/// others from mounting it while we write.
-pub fn open(target: &Target) -> Result<(File, u64), FlashError> {
+/// The flash target, open for writing and checked.
+#[derive(Debug)]
+pub struct Opened {
+    pub target: Target,
+    pub file: File,
+    pub size: u64,
+    id: Identity,
+}
+
+/// What a file descriptor refers to: the same values mean the same device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    rdev: u64,
+}
+
+impl Identity {
+    fn of(m: &fs::Metadata) -> Identity {
+        Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            rdev: m.rdev(),
+        }
+    }
+}
+
+/// Open the target `O_EXCL` first (the kernel then refuses if anything has
+/// mounted or claimed it, and keeps others from doing so while we write),
+/// make sure the open file is the device that was looked at, and only then
+/// check it by device number. Every later open goes through this descriptor
+/// ([`reopen`]): the path is never resolved again.
+pub fn open_target(path: &Path, allow_file: bool, sys: &System) -> Result<Opened, FlashError> {
+    let looked_at = stat_target(path, allow_file)?;
+    let block = looked_at.file_type().is_block_device();
     let mut o = OpenOptions::new();
     o.read(true).write(true);
-    if target.disk.is_some() {
-        o.custom_flags(nix::libc::O_EXCL | nix::libc::O_CLOEXEC);
-    }
-    let mut f = o.open(&target.path).map_err(|e| match e.raw_os_error() {
+    o.custom_flags(nix::libc::O_CLOEXEC | if block { nix::libc::O_EXCL } else { 0 });
+    let mut file = o.open(path).map_err(|e| {
+        // Say why, where the checks can tell (a mounted disk gives EBUSY, or
+        // EPERM on kernels that forbid writing to mounted block devices).
+        if block && let Err(why) = check_block(path, looked_at.rdev(), sys) {
+            return why;
+        }
+        match e.raw_os_error() {
         Some(nix::libc::EBUSY) => refuse(format!(
             "{} is busy: something has it open exclusively (a mount, swap, RAID/LVM, or a program such as a file manager or another flash); close it and retry",
-            target.path.display()
+            path.display()
         )),
         Some(nix::libc::EACCES) | Some(nix::libc::EPERM) => refuse(format!(
             "cannot open {} for writing: {e}; run as root (sudo) or join the `disk` group",
-            target.path.display()
+            path.display()
         )),
-        _ => refuse(format!("cannot open {}: {e}", target.path.display())),
+        _ => refuse(format!("cannot open {}: {e}", path.display())),
+        }
     })?;
-    let size = f
+    let opened = file
+        .metadata()
+        .map_err(|e| refuse(format!("cannot stat {}: {e}", path.display())))?;
+    let id = Identity::of(&opened);
+    let same = if block {
+        opened.file_type().is_block_device() && opened.rdev() == looked_at.rdev()
+    } else {
+        id == Identity::of(&looked_at)
+    };
+    if !same {
+        return Err(refuse(format!(
+            "{} changed between being checked and being opened (another device took its name); look again with `lsblk` and retry",
+            path.display()
+        )));
+    }
+    let target = if block {
+        check_block(path, opened.rdev(), sys)?
+    } else {
+        Target {
+            path: path.to_path_buf(),
+            disk: None,
+        }
+    };
+    let size = file
         .seek(SeekFrom::End(0))
-        .map_err(|e| refuse(format!("cannot size {}: {e}", target.path.display())))?;
-    Ok((f, size))
+        .map_err(|e| refuse(format!("cannot size {}: {e}", path.display())))?;
+    Ok(Opened {
+        target,
+        file,
+        size,
+        id,
+    })
+}
+
+/// Open the target again with other flags (O_DIRECT for writing or reading
+/// back), through the descriptor already open, and check it is still the
+/// same device.
+pub fn reopen(o: &Opened, write: bool, flags: i32) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let f = OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(flags | nix::libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", o.file.as_raw_fd()))?;
+    if Identity::of(&f.metadata()?) != o.id {
+        return Err(io::Error::other(format!(
+            "{} is no longer the device that was checked",
+            o.target.path.display()
+        )));
+    }
+    Ok(f)
 }
 
 /// Describe the target's current partitions for the confirmation screen.

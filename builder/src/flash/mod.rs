@@ -25,12 +25,13 @@
 
 mod buf;
 pub mod device;
+pub mod discard;
+pub mod signatures;
 pub mod source;
 pub mod verify;
 pub mod writer;
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,9 @@ pub enum FlashError {
     /// Read-back differs from what was written (exit 5).
     #[error("verification failed: {0}")]
     Mismatch(String),
+    /// Ctrl-C (exit 130): the message says how to finish.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl FlashError {
@@ -61,12 +65,27 @@ impl FlashError {
             FlashError::Refused(_) => 3,
             FlashError::NotConfirmed(_) => 4,
             FlashError::Mismatch(_) => 5,
+            FlashError::Interrupted(_) => 130,
         }
+    }
+
+    /// Stopped by Ctrl-C while writing `device`.
+    pub fn interrupted(device: &Path) -> FlashError {
+        FlashError::Interrupted(format!(
+            "interrupted (Ctrl-C): {} was left without a partition table, so it will not boot half-written; run the same command again to flash it",
+            device.display()
+        ))
     }
 }
 
 /// The process exit code for an error returned by [`run`] or [`run_image`].
 pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err
+        .chain()
+        .any(|e| e.downcast_ref::<crate::interrupt::Interrupted>().is_some())
+    {
+        return 130;
+    }
     err.chain()
         .find_map(|e| e.downcast_ref::<FlashError>())
         .map_or(1, FlashError::exit_code)
@@ -78,8 +97,12 @@ image's FAT and ext4 allocation maps; a compressed image without a bmap is writt
 The first MiB, holding the partition table, is written last, so an interrupted flash \
 leaves a card that does not boot half-written.
 
+Disks carrying an LVM, RAID, LUKS or ZFS signature are refused unless --force. \
+--discard tells the card the blocks the image does not use are free (or zeroes \
+them), so no old data stays readable there.
+
 Exit codes: 0 done, 1 error, 2 usage, 3 target refused by a safety check, \
-4 not confirmed, 5 verification failed.";
+4 not confirmed, 5 verification failed, 130 interrupted (Ctrl-C).";
 
 /// Options shared by every way of naming the image (`IMAGE` or `--node`).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -93,6 +116,13 @@ pub struct FlashOptions {
     /// Block map to use instead of IMAGE.bmap beside the image
     #[arg(long, value_name = "FILE")]
     pub bmap: Option<PathBuf>,
+    /// Flash even a disk that carries LVM, RAID, LUKS or ZFS data
+    #[arg(long)]
+    pub force: bool,
+    /// Discard (or zero) every block the image does not use, so the card
+    /// keeps no old data in its free space
+    #[arg(long)]
+    pub discard: bool,
     /// Allow DEVICE to be an existing regular file (for tests; skips the
     /// block-device checks)
     #[arg(long)]
@@ -126,18 +156,14 @@ pub fn run_with(
     opts: &FlashOptions,
     sys: &device::System,
 ) -> Result<Summary> {
-    let target = device::check_target(device, opts.allow_regular_file, sys)?;
+    let opened = device::open_target(device, opts.allow_regular_file, sys)?;
     let img = source::open(image, opts.bmap.as_deref())?;
-    if let Some(d) = &target.disk
-        && d.size < img.min_size
-    {
-        return Err(too_small(device, d.size, &img).into());
-    }
-    let (dev, dev_size) = device::open(&target)?;
+    let (dev, dev_size, target) = (&opened.file, opened.size, &opened.target);
     if dev_size < img.min_size {
         return Err(too_small(device, dev_size, &img).into());
     }
-    let old_table = partition::read_table(&dev, device, dev_size).ok();
+    let old_table = partition::read_table(dev, device, dev_size).ok();
+    let held = signatures::scan(dev, dev_size, old_table.as_ref());
 
     // What is about to happen, and consent.
     let mut err = std::io::stderr().lock();
@@ -156,12 +182,15 @@ pub fn run_with(
                     "NOT removable"
                 }
             );
-            let parts = device::describe_partitions(&dev, &target, dev_size);
+            let parts = device::describe_partitions(dev, target, dev_size);
             if parts.is_empty() {
                 let _ = writeln!(err, "  no partitions");
             }
             for p in parts {
                 let _ = writeln!(err, "  {p}");
+            }
+            for f in &held {
+                let _ = writeln!(err, "  holds {f}");
             }
         }
         None => {
@@ -200,25 +229,34 @@ pub fn run_with(
         }
     }
     drop(err);
+    let guarded: Vec<String> = held
+        .iter()
+        .filter(|f| f.kind.guarded())
+        .map(|f| f.to_string())
+        .collect();
+    if !guarded.is_empty() && !opts.force {
+        return Err(FlashError::Refused(format!(
+            "{} holds {}: data of a volume manager or an encrypted container, rarely a card; if you really mean to destroy it, add --force",
+            device.display(),
+            guarded.join(", ")
+        ))
+        .into());
+    }
     confirm(device, opts.yes)?;
 
     let started = Instant::now();
     let mut bytes_written = writer::wipe(
-        &dev,
+        dev,
         device,
         dev_size,
         old_table.is_some_and(|t| t.kind == partition::TableKind::Gpt),
     )?;
     let wbar = progress::bytes(img.mapped_bytes(), "writing");
     // O_DIRECT where the device (or file system) allows it.
-    let direct = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(nix::libc::O_DIRECT | nix::libc::O_CLOEXEC)
-        .open(device)
-        .ok();
+    let direct = device::reopen(&opened, true, nix::libc::O_DIRECT).ok();
     let written = writer::write_body(
         &img,
-        &dev,
+        dev,
         direct.as_ref(),
         device,
         dev_size,
@@ -241,21 +279,40 @@ pub fn run_with(
         let t = Instant::now();
         let total: u64 = written.body.iter().map(|u| u.extent.len).sum();
         let vbar = progress::bytes(total, "verifying");
-        verify::verify(device, &written.body, &vbar)?;
+        verify::verify(&opened, &written.body, &vbar)?;
         vbar.finish_and_clear();
         verify_time = Some(t.elapsed());
     }
+    if opts.discard {
+        let mapped: Vec<partition::Extent> = match &img.ranges {
+            Some(r) => r.iter().map(|(e, _)| *e).collect(),
+            None => vec![partition::Extent {
+                start: 0,
+                len: written.image_size,
+            }],
+        };
+        let free = discard::unmapped(&mapped, writer::HEAD, dev_size);
+        let total = free.iter().map(|e| e.len).sum();
+        let dbar = progress::bytes(total, "discarding");
+        let how = discard::discard(dev, device, target.disk.is_some(), &free, &dbar)?;
+        dbar.finish_and_clear();
+        progress::step(format!(
+            "{}: {how} {} the image does not use",
+            device.display(),
+            progress::size(total)
+        ));
+    }
 
     let t = Instant::now();
-    bytes_written += writer::write_head(&dev, device, &written.head)?;
+    bytes_written += writer::write_head(dev, device, &written.head)?;
     write_time += t.elapsed();
     if !opts.no_verify {
         let t = Instant::now();
-        verify::verify(device, &written.head_units, &ProgressBar::hidden())?;
+        verify::verify(&opened, &written.head_units, &ProgressBar::hidden())?;
         verify_time = verify_time.map(|v| v + t.elapsed());
     }
     let reread = if target.disk.is_some() {
-        match writer::reread_partitions(&dev) {
+        match writer::reread_partitions(dev) {
             Ok(()) => true,
             Err(e) => {
                 eprintln!(
@@ -268,7 +325,7 @@ pub fn run_with(
     } else {
         false
     };
-    drop(dev);
+    drop(opened);
 
     let summary = Summary {
         image_size: written.image_size,

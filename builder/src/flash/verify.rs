@@ -1,10 +1,9 @@
 //! Read back what was written, bypassing the page cache, and compare each
 //! unit's SHA-256 with what was meant to be written.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
 
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
@@ -12,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::FlashError;
 use super::buf::{ALIGN, AlignedBuf};
+use super::device::{Opened, reopen};
 use super::writer::Unit;
 use crate::digest::hex;
 
@@ -24,17 +24,15 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Open `path` with O_DIRECT; where the filesystem refuses that (tmpfs),
-    /// fall back to dropping the file's cached pages after the sync.
-    pub fn open(path: &Path) -> Result<Reader> {
-        let direct = OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_DIRECT | nix::libc::O_CLOEXEC)
-            .open(path);
-        match direct {
+    /// Open the target again with O_DIRECT (through its open descriptor);
+    /// where the filesystem refuses that (tmpfs), fall back to dropping the
+    /// file's cached pages after the sync.
+    pub fn open(target: &Opened) -> Result<Reader> {
+        let path = &target.target.path;
+        match reopen(target, false, nix::libc::O_DIRECT) {
             Ok(file) => Ok(Reader { file, direct: true }),
             Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
-                let file = File::open(path)
+                let file = reopen(target, false, 0)
                     .with_context(|| format!("cannot open {} to verify", path.display()))?;
                 Ok(Reader {
                     file,
@@ -93,11 +91,13 @@ impl Reader {
 }
 
 /// Compare every unit; the first mismatch fails with its byte range.
-pub fn verify(path: &Path, units: &[Unit], bar: &ProgressBar) -> Result<()> {
-    let mut r = Reader::open(path)?;
+pub fn verify(target: &Opened, units: &[Unit], bar: &ProgressBar) -> Result<()> {
+    let path = target.target.path.as_path();
+    let mut r = Reader::open(target)?;
     r.drop_cache();
     let mut scratch = AlignedBuf::new(BUF);
     for u in units {
+        crate::interrupt::check().map_err(|_| FlashError::interrupted(path))?;
         let mut h = Sha256::new();
         let mut pos = u.extent.start;
         while pos < u.extent.end() {
@@ -150,9 +150,11 @@ mod tests {
             unit(0, 4096, &data[..4096]),
             unit(8192, 4096, &data[8192..]),
         ];
-        verify(&path, &good, &ProgressBar::hidden()).unwrap();
+        let sys = crate::flash::device::System::default();
+        let target = crate::flash::device::open_target(&path, true, &sys).unwrap();
+        verify(&target, &good, &ProgressBar::hidden()).unwrap();
         let bad = [good[0].clone(), unit(8192, 4096, &[0; 4096])];
-        let err = verify(&path, &bad, &ProgressBar::hidden()).unwrap_err();
+        let err = verify(&target, &bad, &ProgressBar::hidden()).unwrap_err();
         assert_eq!(super::super::exit_code(&err), 5);
         let msg = format!("{err:#}");
         assert!(

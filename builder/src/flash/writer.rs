@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
+use super::FlashError;
 use super::buf::{ALIGN, AlignedBuf};
 use super::source::Image;
 use crate::digest::hex;
@@ -94,6 +95,10 @@ pub fn write_body(
         let mut window = WriteBehind::new(dev);
         let mut failure = None;
         for c in rx.iter() {
+            if crate::interrupt::check().is_err() {
+                failure = Some(FlashError::interrupted(dev_path).into());
+                break;
+            }
             if c.data.is_empty() {
             } else if c.offset < HEAD {
                 head.push((c.offset, c.data.as_slice().to_vec()));

@@ -95,6 +95,7 @@ pub fn sha256_file(path: &Path) -> String {
 
 pub mod cluster;
 pub mod http;
+pub mod loopdev;
 
 /// The aarch64 node agent: `$PICLUSTER_AGENT`, or this workspace's cross-build
 /// (built here if needed; `tests/run.sh` builds it beforehand).
