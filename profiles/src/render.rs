@@ -68,7 +68,8 @@ pub fn render_node(
     node: &Node,
     inputs: &RenderInputs,
 ) -> Result<(NodeBundle, NodeSecrets), Error> {
-    let server_url = format!("https://{}:6443", cluster.api_endpoint);
+    let server_url = join_url(cluster);
+    let tokens = Tokens::for_node(cluster, secrets, node)?;
     let identity = NodeIdentity {
         name: node.name.clone(),
         role: node.role,
@@ -82,6 +83,7 @@ pub fn render_node(
         labels: node.labels.clone(),
         taints: node.taints.clone(),
         server_url,
+        registration_urls: cluster.registration_urls(&node.name),
         other_servers: cluster
             .servers()
             .filter(|s| s.name != node.name)
@@ -158,7 +160,7 @@ pub fn render_node(
             node_paths::K3S_CONFIG,
             0o600,
             Phase::BeforeK3s,
-            k3s_config(cluster, secrets, node),
+            k3s_config(cluster, &tokens, node),
         ),
         FileSpec::root(
             node_paths::NODE_PASSWORD,
@@ -364,34 +366,89 @@ fn yaml_list(out: &mut String, key: &str, items: &[String]) {
     }
 }
 
+/// The URL joining nodes write into config.yaml: the `join` cluster's, or
+/// `https://<api_endpoint>:6443`.
+fn join_url(cluster: &Cluster) -> String {
+    cluster
+        .join
+        .clone()
+        .unwrap_or_else(|| format!("https://{}:6443", cluster.api_endpoint))
+}
+
+/// The tokens a node's config.yaml carries. Agents carry only an agent token.
+struct Tokens<'a> {
+    token: &'a str,
+    /// Servers of a cluster this file creates set the agent token for everyone.
+    agent_token: Option<&'a str>,
+}
+
+impl<'a> Tokens<'a> {
+    fn for_node(cluster: &Cluster, secrets: &'a Secrets, node: &Node) -> Result<Tokens<'a>, Error> {
+        if cluster.join.is_none() {
+            return Ok(match node.role {
+                Role::Server => Tokens {
+                    token: &secrets.k3s_token,
+                    agent_token: Some(&secrets.k3s_agent_token),
+                },
+                Role::Agent => Tokens {
+                    token: &secrets.k3s_agent_token,
+                    agent_token: None,
+                },
+            });
+        }
+        let (value, field, what) = match node.role {
+            Role::Server => (
+                secrets.join_server_token.as_deref(),
+                "join_server_token",
+                "the existing cluster's server token (on one of its servers: sudo cat /var/lib/rancher/k3s/server/token)",
+            ),
+            Role::Agent => (
+                secrets.join_token.as_deref(),
+                "join_token",
+                "the existing cluster's agent token (on one of its servers: sudo cat /var/lib/rancher/k3s/server/agent-token, or its node-token)",
+            ),
+        };
+        match value {
+            Some(token) => Ok(Tokens {
+                token,
+                agent_token: None,
+            }),
+            None => {
+                let path = crate::secrets::secrets_path(&cluster.path);
+                Err(Error::Invalid(vec![crate::Problem {
+                    file: path,
+                    line: None,
+                    field: field.into(),
+                    message: format!(
+                        "{} ({}) joins the cluster at {} but secrets.toml holds no {field}",
+                        node.name,
+                        node.role.as_str(),
+                        join_url(cluster)
+                    ),
+                    hint: Some(format!(
+                        "save {what} to a file and run `picluster secrets -c {} --join-token FILE` (or pipe it to `--join-token -`)",
+                        cluster.path.display()
+                    )),
+                }]))
+            }
+        }
+    }
+}
+
 /// `/etc/rancher/k3s/config.yaml` by role. Agents carry only the agent token.
-fn k3s_config(cluster: &Cluster, secrets: &Secrets, node: &Node) -> String {
+fn k3s_config(cluster: &Cluster, tokens: &Tokens, node: &Node) -> String {
     let mut y = format!(
         "# Written by picluster for {} (cluster \"{}\"). Rebuild the image to change it.\n",
         node.name, cluster.name
     );
-    match node.role {
-        Role::Server => {
-            let _ = writeln!(y, "token: {}", yaml_str(&secrets.k3s_token));
-            let _ = writeln!(y, "agent-token: {}", yaml_str(&secrets.k3s_agent_token));
-            if node.init {
-                y.push_str("cluster-init: true\n");
-            } else {
-                let _ = writeln!(
-                    y,
-                    "server: {}",
-                    yaml_str(&format!("https://{}:6443", cluster.api_endpoint))
-                );
-            }
-        }
-        Role::Agent => {
-            let _ = writeln!(y, "token: {}", yaml_str(&secrets.k3s_agent_token));
-            let _ = writeln!(
-                y,
-                "server: {}",
-                yaml_str(&format!("https://{}:6443", cluster.api_endpoint))
-            );
-        }
+    let _ = writeln!(y, "token: {}", yaml_str(tokens.token));
+    if let Some(a) = tokens.agent_token {
+        let _ = writeln!(y, "agent-token: {}", yaml_str(a));
+    }
+    if node.init {
+        y.push_str("cluster-init: true\n");
+    } else {
+        let _ = writeln!(y, "server: {}", yaml_str(&join_url(cluster)));
     }
     let _ = writeln!(y, "node-name: {}", yaml_str(&node.name));
     let _ = writeln!(y, "node-ip: {}", yaml_str(&node.ip.to_string()));

@@ -27,6 +27,8 @@ pub struct RawCluster {
     pub k3s_version: Spanned<String>,
     pub k3s_mirror: Option<Spanned<String>>,
     pub api_endpoint: Option<Spanned<String>>,
+    /// `https://host:6443` of an existing K3s cluster the nodes join.
+    pub join: Option<Spanned<String>>,
     #[serde(default)]
     pub airgap: bool,
     #[serde(default)]
