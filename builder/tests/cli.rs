@@ -208,7 +208,7 @@ fn plan_shows_every_file_and_argument_and_masks_secrets() {
     for want in [
         "== pi-master (server, initialises the cluster) 192.168.0.120/24",
         "== pi-worker-3 (agent) 192.168.0.123/24",
-        "cgroup_enable=memory cgroup_memory=1",
+        "cgroup_enable=memory systemd.run=",
         "kernel=kernel8.img",
         "picluster-secrets.json",
         "/etc/rancher/k3s/config.yaml  <secret>",

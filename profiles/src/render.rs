@@ -16,12 +16,12 @@ use crate::platform::{self, Component};
 use crate::secrets::Secrets;
 
 /// Arguments that stay on the kernel command line for good: K3s needs the
-/// memory cgroup (`cgroup_memory=1` for older kernels).
+/// memory cgroup, which the Pi firmware disables by prepending
+/// `cgroup_disable=memory`; `cgroup_enable=memory` overrides it.
+/// `cgroup_memory=1` is not added: it only meant something for cgroup v1 and
+/// 6.12 Pi kernels log it as unknown (raspberrypi/linux #6980).
 pub fn persistent_kernel_args(cluster: &Cluster) -> Vec<String> {
-    let mut args = vec![
-        "cgroup_enable=memory".to_string(),
-        "cgroup_memory=1".to_string(),
-    ];
+    let mut args = vec!["cgroup_enable=memory".to_string()];
     args.extend(cluster.image.extra_kernel_args.iter().cloned());
     args
 }

@@ -38,7 +38,7 @@ from qemu_pi import BootError, MachineConfig, PiMachine, console_tail  # noqa: E
 
 K3S_VERSION = "v1.33.5+k3s1"
 GATEWAY = "192.168.0.1"
-CGROUP_ARGS = ["cgroup_enable=memory", "cgroup_memory=1"]
+CGROUP_ARGS = ["cgroup_enable=memory"]
 # Tokens Raspberry Pi OS ships in cmdline.txt that must survive everything
 # (root=PARTUUID= changes value at the OS's first boot).
 SHIPPED_ARGS = ["console=serial0,115200", "console=tty1", "rootfstype=ext4", "fsck.repair=yes", "rootwait"]

@@ -21,7 +21,7 @@ SHIPPED = (
     "fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n"
 )
 AGENT_ARGS = (
-    'cgroup_enable=memory cgroup_memory=1 systemd.run="/boot/firmware/picluster-node stage1" '
+    'cgroup_enable=memory systemd.run="/boot/firmware/picluster-node stage1" '
     "systemd.run_success_action=reboot systemd.run_failure_action=none "
     "systemd.unit=kernel-command-line.target"
 )
