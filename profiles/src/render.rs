@@ -45,6 +45,12 @@ pub fn added_kernel_args(cluster: &Cluster) -> Vec<String> {
     args
 }
 
+/// Where the teardown script goes (install.sh's `KILLALL_K3S_SH`).
+pub const KILLALL_SCRIPT: &str = "/usr/local/bin/k3s-killall.sh";
+const KILLALL: &str = include_str!("scripts/k3s-killall.sh");
+/// `{{SERVICE}}` is `k3s` or `k3s-agent`.
+const UNINSTALL: &str = include_str!("scripts/k3s-uninstall.sh");
+
 /// Build-time facts that are not in the cluster file.
 #[derive(Debug, Clone)]
 pub struct RenderInputs {
@@ -153,6 +159,22 @@ pub fn render_node(
         0o600,
         Phase::BeforeK3s,
         String::new(),
+    ));
+    // KillMode=process leaves containers running when the unit stops; K3s
+    // documents tearing a node down with these two scripts, which its
+    // install.sh writes (checked against k3s install.sh, create_killall and
+    // create_uninstall). Ours do the same work and are our own text.
+    files.push(FileSpec::root(
+        KILLALL_SCRIPT,
+        0o755,
+        Phase::BeforeK3s,
+        KILLALL.to_string(),
+    ));
+    files.push(FileSpec::root(
+        &format!("/usr/local/bin/{service}-uninstall.sh"),
+        0o755,
+        Phase::BeforeK3s,
+        UNINSTALL.replace("{{SERVICE}}", service),
     ));
 
     let mut secret_files = vec![

@@ -610,3 +610,73 @@ fn a_name_the_base_image_uses_below_uid_1000_is_refused() {
     );
     c.refuse_base_account(&system[..1], "x").unwrap();
 }
+
+#[test]
+fn teardown_scripts_are_rendered_per_role_and_pass_bash_n_and_shellcheck() {
+    use picluster_profiles::render::render_node;
+    let c = parse(SAMPLE_CLUSTER).unwrap();
+    let mut secrets = picluster_profiles::Secrets::generate().unwrap();
+    secrets.fill_platform(&c.platform).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (node, uninstall) in [
+        ("pi-master", "/usr/local/bin/k3s-uninstall.sh"),
+        ("pi-worker-1", "/usr/local/bin/k3s-agent-uninstall.sh"),
+    ] {
+        let n = c.node(node).unwrap();
+        let (bundle, _) = render_node(&c, &secrets, n, &render_inputs()).unwrap();
+        for path in ["/usr/local/bin/k3s-killall.sh", uninstall] {
+            let f = bundle
+                .files
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap_or_else(|| panic!("{node}: no {path}"));
+            assert_eq!(f.mode.0, 0o755);
+            assert_eq!(f.phase, picluster_profiles::Phase::BeforeK3s);
+            assert!(!f.content.contains("{{"), "{path}: placeholder left");
+            let file = dir
+                .path()
+                .join(format!("{node}-{}", path.rsplit('/').next().unwrap()));
+            std::fs::write(&file, &f.content).unwrap();
+            let out = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "bash -n {path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            match std::process::Command::new("shellcheck")
+                .args(["-s", "sh"])
+                .arg(&file)
+                .output()
+            {
+                Ok(out) => assert!(
+                    out.status.success(),
+                    "shellcheck {path}:\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                ),
+                Err(e) => {
+                    panic!("shellcheck is needed for this test (apt-get install shellcheck): {e}")
+                }
+            }
+        }
+        let service = if node == "pi-master" {
+            "k3s"
+        } else {
+            "k3s-agent"
+        };
+        let un = &bundle
+            .files
+            .iter()
+            .find(|f| f.path == uninstall)
+            .unwrap()
+            .content;
+        assert!(
+            un.contains(&format!("systemctl disable {service}.service\n")),
+            "{un}"
+        );
+        assert!(un.contains("/usr/local/bin/k3s-killall.sh\n"));
+    }
+}
