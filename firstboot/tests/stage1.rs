@@ -541,3 +541,32 @@ fn creates_the_user_when_the_image_has_no_first_user() {
         (0o600, 1000, 1000)
     );
 }
+
+#[test]
+fn an_existing_system_account_is_never_taken_over() {
+    // Validation refuses `proxy`; a bundle built by an older or edited tool is
+    // refused by the agent too: Debian's proxy has uid 13 and home /bin.
+    let f = Fixture::new(SAMPLE_CLUSTER, "pi-worker-1");
+    let mut bundle = f.bundle.clone();
+    bundle.user.name = "proxy".into();
+    std::fs::write(
+        f.boot.join(boot_files::BUNDLE),
+        serde_json::to_vec_pretty(&bundle).unwrap(),
+    )
+    .unwrap();
+    let passwd = f.path("/etc/passwd");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str("proxy:x:13:13:proxy:/bin:/usr/sbin/nologin\n");
+    std::fs::write(&passwd, text).unwrap();
+    let err = format!("{:#}", stage1::run(&f.host(), None).unwrap_err());
+    assert!(
+        err.contains("already has an account \"proxy\" with uid 13 (home /bin), not uid 1000")
+            && err.contains("Choose another [access] user"),
+        "{err}"
+    );
+    assert!(
+        !f.recorder.lines().iter().any(|l| l.contains("usermod")),
+        "{:?}",
+        f.recorder.lines()
+    );
+}
