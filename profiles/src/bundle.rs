@@ -34,6 +34,8 @@ pub mod boot_files {
     pub const K3S_AIRGAP: &str = "k3s-airgap-images-arm64.tar.zst";
     /// The agent's log of stage 1, readable by pulling the card.
     pub const LOG: &str = "picluster-node.log";
+    /// How many times stage 1 has failed on this card (bounded retries).
+    pub const STAGE1_TRIES: &str = "picluster-stage1-tries";
     /// Raspberry Pi OS's own switches.
     pub const SSH: &str = "ssh";
     pub const USERCONF: &str = "userconf.txt";
