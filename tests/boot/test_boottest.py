@@ -118,6 +118,15 @@ class Journal(unittest.TestCase):
         later[0]["detail"] = "something else"
         self.assertNotEqual(boottest.normalise(later), boottest.normalise(self.steps()))
 
+    def test_tolerated_findings_of_a_done_step(self):
+        steps = [
+            {"stage": "stage1", "step": "rename-wizard", "status": "done",
+             "detail": "userconfig.service disabled; found: userconfig.service is a file in /etc/systemd/system (moved there by a customisation tool)"},
+        ]
+        self.assertIn("customisation tool", boottest.tolerated(steps))
+        self.assertEqual(boottest.tolerated([{**steps[0], "detail": "userconfig.service masked"}]), "")
+        self.assertEqual(boottest.tolerated([{**steps[0], "status": "failed"}]), "")
+
     def test_a_failed_step_fails(self):
         steps = self.steps()
         steps[1] = {**steps[1], "status": "failed", "last_error": "k3s-arm64: checksum mismatch"}
