@@ -214,6 +214,10 @@ fn plan_shows_every_file_and_argument_and_masks_secrets() {
         "/etc/rancher/k3s/config.yaml  <secret>",
         "/etc/NetworkManager/system-connections/picluster-eth0.nmconnection",
         "agent: picluster-node",
+        // The teardown scripts install.sh would write, per role.
+        "/usr/local/bin/k3s-killall.sh",
+        "/usr/local/bin/k3s-uninstall.sh",
+        "/usr/local/bin/k3s-agent-uninstall.sh",
     ] {
         assert!(text.contains(want), "plan lacks {want:?}:\n{text}");
     }
