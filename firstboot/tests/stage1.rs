@@ -13,6 +13,18 @@ use picluster_profiles::bundle::{Phase, boot_files, node_paths};
 
 const GROUPS: &str = "adm,dialout,cdrom,sudo,audio,video,plugdev,users,input,netdev,gpio,i2c,spi";
 
+/// The journal line of a stage-1 step.
+fn stage1_detail(f: &Fixture, step: &str) -> String {
+    Journal::read(&f.path(node_paths::JOURNAL))
+        .unwrap()
+        .unwrap()
+        .get(Stage::Stage1, step)
+        .unwrap()
+        .detail
+        .clone()
+        .unwrap_or_default()
+}
+
 fn run(f: &Fixture) -> Outcome {
     stage1::run(&f.host(), None).unwrap()
 }
@@ -348,15 +360,7 @@ fn renamed_user_with_password_gets_it_through_stdin_only() {
     );
     assert!(!f.path("/etc/sudoers.d/010_picluster-nopasswd").exists());
     assert!(!f.boot.join(boot_files::USERCONF).exists());
-    let j = Journal::read(&f.path(node_paths::JOURNAL))
-        .unwrap()
-        .unwrap();
-    let detail = j
-        .get(Stage::Stage1, "rename-wizard")
-        .unwrap()
-        .detail
-        .clone()
-        .unwrap();
+    let detail = stage1_detail(&f, "rename-wizard");
     assert!(detail.contains("userconf.txt scrubbed"), "{detail}");
 }
 
@@ -610,15 +614,7 @@ fn retiring_pi_os_helpers_tolerates_image_variants_and_says_what_it_found() {
         !lines.iter().any(|l| l.ends_with("mask userconfig.service")),
         "{lines:?}"
     );
-    let j = Journal::read(&f.path(node_paths::JOURNAL))
-        .unwrap()
-        .unwrap();
-    let detail = j
-        .get(Stage::Stage1, "rename-wizard")
-        .unwrap()
-        .detail
-        .clone()
-        .unwrap();
+    let detail = stage1_detail(&f, "rename-wizard");
     assert!(
         detail.contains("moved there by a customisation tool")
             && detail.contains("enabling getty@tty1 failed")
@@ -648,17 +644,7 @@ fn retiring_pi_os_helpers_tolerates_image_variants_and_says_what_it_found() {
         "{:?}",
         g.recorder.lines()
     );
-    let j = Journal::read(&g.path(node_paths::JOURNAL))
-        .unwrap()
-        .unwrap();
-    assert!(
-        j.get(Stage::Stage1, "rename-wizard")
-            .unwrap()
-            .detail
-            .as_deref()
-            .unwrap()
-            .contains("userconfig.service already masked")
-    );
+    assert!(stage1_detail(&g, "rename-wizard").contains("userconfig.service already masked"));
 }
 
 #[test]
