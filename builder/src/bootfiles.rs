@@ -246,6 +246,6 @@ mod tests {
         assert_eq!(out.lines().count(), 1);
         let added = &out[base.trim_end().len()..];
         assert!(!added.contains("firstboot"), "{added}");
-        assert!(added.contains(" cgroup_enable=memory cgroup_memory=1 systemd.run="));
+        assert!(added.contains(" cgroup_enable=memory systemd.run="));
     }
 }

@@ -20,6 +20,10 @@ pub struct RootfsInfo {
     /// The program the architecture was read from.
     pub arch_probe: String,
     pub label: String,
+    /// Accounts and groups of the image below id 1000 (Debian's system range,
+    /// adduser's LAST_SYSTEM_UID 999), from `/etc/passwd` and `/etc/group`:
+    /// the administrator must not take one over.
+    pub system_names: Vec<(String, u32)>,
 }
 
 impl RootfsInfo {
@@ -74,11 +78,22 @@ pub fn inspect(file: &File, extent: Extent) -> Result<RootfsInfo, RootfsError> {
         }
     }
     let (arch, arch_probe) = found.ok_or(RootfsError::NoProgram)?;
+    let mut system_names = Vec::new();
+    for file in ["/etc/passwd", "/etc/group"] {
+        if let Ok(text) = fs.read_to_string(file) {
+            for entry in system_ids(&text) {
+                if !system_names.iter().any(|(n, _)| *n == entry.0) {
+                    system_names.push(entry);
+                }
+            }
+        }
+    }
     Ok(RootfsInfo {
         os_release,
         arch,
         arch_probe,
         label: fs.label().to_str().unwrap_or_default().to_string(),
+        system_names,
     })
 }
 
@@ -90,6 +105,19 @@ pub fn parse_os_release(text: &str) -> BTreeMap<String, String> {
                 k.trim().to_string(),
                 v.trim().trim_matches('"').trim_matches('\'').to_string(),
             )
+        })
+        .collect()
+}
+
+/// `name:x:id:…` lines of a passwd or group file whose id is below 1000.
+pub fn system_ids(text: &str) -> Vec<(String, u32)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?.trim();
+            let id = f.nth(1)?.trim().parse::<u32>().ok()?;
+            (!name.is_empty() && !name.starts_with('#') && id < 1000)
+                .then(|| (name.to_string(), id))
         })
         .collect()
 }
@@ -126,6 +154,14 @@ mod tests {
         );
         assert_eq!(m["ID"], "debian");
         assert_eq!(m["PRETTY_NAME"], "Debian GNU/Linux 12 (bookworm)");
+    }
+
+    #[test]
+    fn system_ids_are_those_below_1000() {
+        let ids = system_ids(
+            "root:x:0:0:root:/root:/bin/bash\nproxy:x:13:13:proxy:/bin:/usr/sbin/nologin\npi:x:1000:1000:,,,:/home/pi:/bin/bash\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\nbroken\n",
+        );
+        assert_eq!(ids, [("root".to_string(), 0), ("proxy".to_string(), 13)]);
     }
 
     #[test]

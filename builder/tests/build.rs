@@ -100,7 +100,7 @@ fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
         );
         let added = &cmdline[base_cmdline.trim_end().len()..];
         assert!(
-            added.contains(" cgroup_enable=memory cgroup_memory=1 "),
+            added.contains(" cgroup_enable=memory systemd.run="),
             "{added}"
         );
         assert!(

@@ -15,6 +15,118 @@ fn secret_values(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// `picluster init DIR` with a fresh key of the test's own.
+fn init_with_key(cache: &std::path::Path, dir: &std::path::Path) {
+    let key = ssh_key(dir);
+    std::fs::write(dir.join("k.pub"), key).unwrap();
+    run(picluster(cache)
+        .arg("init")
+        .arg(dir)
+        .arg("--ssh-key")
+        .arg(dir.join("k.pub")));
+}
+
+#[test]
+fn plan_refuses_the_sample_key_and_says_how_to_add_a_real_one() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    // No ~/.ssh/*.pub: init keeps the sample key and warns.
+    let home = d.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let dir = d.path().join("c");
+    run(picluster(&cache).env("HOME", &home).arg("init").arg(&dir));
+    let cfg = dir.join("cluster.toml");
+    let err = fails(picluster(&cache).arg("plan").arg("-c").arg(&cfg));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("example@picluster"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("cluster.toml:{line}:"))
+            && err.contains("access.ssh_authorized_keys: this is the example key")
+            && err.contains("fix: put your own public key here"),
+        "{err}"
+    );
+    // build refuses it before touching the network or the output directory.
+    let out = d.path().join("out");
+    let err = fails(
+        picluster(&cache)
+            .arg("build")
+            .arg("-c")
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out),
+    );
+    assert!(err.contains("this is the example key"), "{err}");
+    assert!(entries(&out).is_empty());
+}
+
+#[test]
+fn secrets_join_token_comes_from_a_file_or_stdin_never_the_command_line() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    init_with_key(&cache, d.path());
+    let cfg = d.path().join("cluster.toml");
+    let secrets = d.path().join("secrets.toml");
+    let token = format!("K10{}::node:agent-s3cret", "e".repeat(64));
+    let mut child = picluster(&cache)
+        .args(["secrets", "--join-token", "-", "-c"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    assert!(
+        text.contains(&format!("join_token = \"{token}\"")),
+        "{text}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("agent-s3cret"));
+    assert_eq!(
+        std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A server token from a file goes to join_server_token; a mangled one is refused.
+    let file = d.path().join("token");
+    let server = format!("K10{}::server:server-s3cret", "f".repeat(64));
+    std::fs::write(&file, format!("{server}\n")).unwrap();
+    run(picluster(&cache)
+        .arg("secrets")
+        .arg("--join-token")
+        .arg(&file)
+        .arg("-c")
+        .arg(&cfg));
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    assert!(
+        text.contains(&format!("join_server_token = \"{server}\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("join_token = \"{token}\"")),
+        "{text}"
+    );
+    std::fs::write(&file, "K10abc::server:x").unwrap();
+    let err = fails(
+        picluster(&cache)
+            .arg("secrets")
+            .arg("--join-token")
+            .arg(&file)
+            .arg("-c")
+            .arg(&cfg),
+    );
+    assert!(
+        err.contains("CA hash of a K10 token is 64 hexadecimal"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&secrets).unwrap(), text);
+}
+
 #[test]
 fn init_writes_a_valid_cluster_and_private_secrets_and_never_overwrites() {
     let d = tempfile::tempdir().unwrap();
@@ -55,7 +167,7 @@ fn init_writes_a_valid_cluster_and_private_secrets_and_never_overwrites() {
 fn secrets_command_creates_missing_file_and_keeps_existing_values() {
     let d = tempfile::tempdir().unwrap();
     let cache = d.path().join("cache");
-    run(picluster(&cache).arg("init").arg(d.path()));
+    init_with_key(&cache, d.path());
     let secrets = d.path().join("secrets.toml");
     let cfg = d.path().join("cluster.toml");
     let before = std::fs::read(&secrets).unwrap();
@@ -88,18 +200,22 @@ fn secrets_command_creates_missing_file_and_keeps_existing_values() {
 fn plan_shows_every_file_and_argument_and_masks_secrets() {
     let d = tempfile::tempdir().unwrap();
     let cache = d.path().join("cache");
-    run(picluster(&cache).arg("init").arg(d.path()));
+    init_with_key(&cache, d.path());
     let cfg = d.path().join("cluster.toml");
     let text = run(picluster(&cache).arg("plan").arg("-c").arg(&cfg));
     for want in [
         "== pi-master (server, initialises the cluster) 192.168.0.120/24",
         "== pi-worker-3 (agent) 192.168.0.123/24",
-        "cgroup_enable=memory cgroup_memory=1",
+        "cgroup_enable=memory systemd.run=",
         "kernel=kernel8.img",
         "picluster-secrets.json",
         "/etc/rancher/k3s/config.yaml  <secret>",
         "/etc/NetworkManager/system-connections/picluster-eth0.nmconnection",
         "agent: picluster-node",
+        // The teardown scripts install.sh would write, per role.
+        "/usr/local/bin/k3s-killall.sh",
+        "/usr/local/bin/k3s-uninstall.sh",
+        "/usr/local/bin/k3s-agent-uninstall.sh",
     ] {
         assert!(text.contains(want), "plan lacks {want:?}:\n{text}");
     }

@@ -396,6 +396,8 @@ pub struct SimulatedEnvironment {
     pub address_from: Mutex<Option<i64>>,
     /// Addresses where something accepts TCP connections.
     pub open_ports: Mutex<Vec<SocketAddr>>,
+    /// Addresses that accept TCP connections from a time on (a peer booting late).
+    pub open_from: Mutex<Vec<(SocketAddr, i64)>>,
     /// The kubelet health endpoint answers `ok` from this time on (`None`: never).
     pub healthy_from: Mutex<Option<i64>>,
     recorder: Option<Arc<Recorder>>,
@@ -407,6 +409,7 @@ impl SimulatedEnvironment {
             now_ms: Mutex::new(now * 1000),
             address_from: Mutex::new(Some(now)),
             open_ports: Mutex::new(Vec::new()),
+            open_from: Mutex::new(Vec::new()),
             healthy_from: Mutex::new(Some(now)),
             recorder: None,
         }
@@ -445,7 +448,14 @@ impl Environment for SimulatedEnvironment {
     }
 
     fn tcp_answers(&self, addr: SocketAddr, _timeout: Duration) -> bool {
-        let open = self.open_ports.lock().expect("lock").contains(&addr);
+        let now = self.now();
+        let open = self.open_ports.lock().expect("lock").contains(&addr)
+            || self
+                .open_from
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|(a, t)| *a == addr && now >= *t);
         self.note(format!("tcp {addr} answers: {open}"));
         open
     }
@@ -486,6 +496,10 @@ pub struct Timing {
     /// First and largest pause between retries.
     pub backoff_start: Duration,
     pub backoff_max: Duration,
+    /// How long a joining node probes its registration addresses, and a
+    /// re-flashed first server its peers, before deciding (several minutes:
+    /// a peer's link or a whole rack may come up late after a power cut).
+    pub peer_wait: Duration,
     /// Tests only: give up after this many attempts instead of retrying forever.
     pub give_up_after: Option<u32>,
 }
@@ -500,6 +514,7 @@ impl Default for Timing {
             ready_attempt: Duration::from_secs(60),
             backoff_start: Duration::from_secs(5),
             backoff_max: Duration::from_secs(300),
+            peer_wait: Duration::from_secs(300),
             give_up_after: None,
         }
     }

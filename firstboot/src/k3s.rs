@@ -12,12 +12,16 @@ use picluster_profiles::bundle::{BootAsset, FileSpec, NodeBundle, NodeSecrets, P
 
 use crate::fsutil::{Installed, Perms, install_verified};
 use crate::host::{Cmd, Host};
+use crate::timefmt::span;
 
 /// Commands install.sh links to the k3s binary.
 pub const LINKS: &[&str] = &["kubectl", "crictl", "ctr"];
 
 /// Where embedded etcd (or SQLite) keeps a server's datastore.
 const SERVER_DB: &str = "/var/lib/rancher/k3s/server/db";
+
+/// The kubeconfig K3s writes for an agent's kubelet.
+pub const KUBELET_KUBECONFIG: &str = "/var/lib/rancher/k3s/agent/kubelet.kubeconfig";
 
 /// The kubelet's local health endpoint.
 pub const KUBELET_HEALTHZ: SocketAddr =
@@ -121,10 +125,95 @@ pub fn join_existing(config: &str, url: &str) -> String {
     out
 }
 
-/// The files K3s needs before its first start, with the first server's
-/// config adjusted when it was re-flashed into a running cluster: if one of
-/// the other servers answers on :6443 and this node has no datastore yet, it
-/// joins that server instead of initialising a second cluster.
+/// `host:port` of an `https://host:port` URL, when the host is an IPv4 address.
+fn url_addr(url: &str) -> Option<SocketAddr> {
+    url.strip_prefix("https://")?
+        .trim_end_matches('/')
+        .parse()
+        .ok()
+}
+
+/// Probe `candidates` in order, in rounds with backoff, until one answers
+/// or `host.timing.peer_wait` has passed. Returns the one that answered and
+/// a record of every round.
+fn probe_in_rounds(host: &Host, candidates: &[SocketAddr]) -> (Option<SocketAddr>, String) {
+    let start = host.env.now();
+    let deadline = start + host.timing.peer_wait.as_secs() as i64;
+    let mut round = 0;
+    loop {
+        round += 1;
+        if let Some(a) = candidates
+            .iter()
+            .copied()
+            .find(|a| host.env.tcp_answers(*a, host.timing.probe_timeout))
+        {
+            return (
+                Some(a),
+                format!(
+                    "{a} answered in probe round {round} after {}",
+                    span((host.env.now() - start).max(0) as u64)
+                ),
+            );
+        }
+        let list: Vec<String> = candidates.iter().map(|a| a.to_string()).collect();
+        if host.env.now() >= deadline {
+            return (
+                None,
+                format!(
+                    "none of {} answered in {round} probe rounds over {}",
+                    list.join(", "),
+                    span((host.env.now() - start).max(0) as u64)
+                ),
+            );
+        }
+        let pause = host
+            .timing
+            .backoff(round)
+            .min(std::time::Duration::from_secs(
+                (deadline - host.env.now()).max(1) as u64,
+            ));
+        host.log.info(&format!(
+            "probe round {round}: none of {} answers on TCP; next round in {}",
+            list.join(", "),
+            span(pause.as_secs())
+        ));
+        host.env.sleep(pause);
+    }
+}
+
+/// Wait (forever, with backoff) until the node's own address is up: before
+/// that no probe of a peer means anything.
+fn wait_own_address(host: &Host, bundle: &NodeBundle) {
+    let ip = bundle.node.ip;
+    let mut attempt = 0;
+    while !host.env.address_assigned(ip) {
+        attempt += 1;
+        let pause = host.timing.backoff(attempt);
+        host.log.warn(&format!(
+            "{ip} is not assigned yet: not deciding between joining and initialising the \
+             cluster until it is (check {attempt}, next in {})",
+            span(pause.as_secs())
+        ));
+        host.env.sleep(pause);
+    }
+}
+
+fn rewrite_server(files: &mut [FileSpec], url: &str) {
+    for f in files
+        .iter_mut()
+        .filter(|f| f.path == node_paths::K3S_CONFIG)
+    {
+        f.content = join_existing(&f.content, url);
+    }
+}
+
+/// The files K3s needs before its first start, with `server:` chosen here:
+/// - a joining node registers with the first of its registration addresses
+///   that answers (so it joins while the first server is down);
+/// - a first server with no datastore whose file lists other servers may be a
+///   re-flash into a running cluster: once its own address is up it probes the
+///   other servers with backoff for several minutes, joins the first that
+///   answers, and initialises the cluster only if none does.
 pub fn before_start_files(
     host: &Host,
     bundle: &NodeBundle,
@@ -135,44 +224,73 @@ pub fn before_start_files(
         .cloned()
         .collect();
     let node = &bundle.node;
+    let role = node.role.as_str();
     let how = match (node.role, node.init_server) {
-        (Role::Agent, _) => format!("agent joining {}", node.server_url),
-        (Role::Server, false) => format!("server joining {}", node.server_url),
+        (Role::Agent, _) | (Role::Server, false) => {
+            let urls = &node.registration_urls;
+            let addrs: Vec<(SocketAddr, &String)> = urls
+                .iter()
+                .filter_map(|u| url_addr(u).map(|a| (a, u)))
+                .collect();
+            if urls.len() < 2 || addrs.len() < urls.len() {
+                // One address, or a DNS name / VIP: K3s resolves and retries it.
+                format!("{role} joining {}", node.server_url)
+            } else {
+                let candidates: Vec<SocketAddr> = addrs.iter().map(|(a, _)| *a).collect();
+                match probe_in_rounds(host, &candidates) {
+                    (Some(a), what) => {
+                        let url = addrs
+                            .iter()
+                            .find(|(x, _)| *x == a)
+                            .map(|(_, u)| u.as_str())
+                            .expect("probed");
+                        if url != node.server_url {
+                            rewrite_server(&mut files, url);
+                        }
+                        format!(
+                            "{role} joining {url} (registration addresses in order: {}; {what})",
+                            urls.join(", ")
+                        )
+                    }
+                    (None, what) => format!(
+                        "{role} joining {} ({what}; kept the rendered address, K3s keeps retrying it)",
+                        node.server_url
+                    ),
+                }
+            }
+        }
         (Role::Server, true) if host.path(SERVER_DB).exists() => {
             "first server with an existing datastore: kept as it is".to_string()
         }
+        (Role::Server, true) if node.other_servers.is_empty() => {
+            "first server: initialising the cluster (cluster-init); the file lists no other server"
+                .to_string()
+        }
         (Role::Server, true) => {
-            let live = node.other_servers.iter().copied().find(|ip| {
-                host.env
-                    .tcp_answers(SocketAddr::from((*ip, 6443)), host.timing.probe_timeout)
-            });
-            match live {
-                Some(ip) => {
-                    let url = format!("https://{ip}:6443");
-                    for f in files
-                        .iter_mut()
-                        .filter(|f| f.path == node_paths::K3S_CONFIG)
-                    {
-                        f.content = join_existing(&f.content, &url);
-                    }
+            wait_own_address(host, bundle);
+            let peers: Vec<SocketAddr> = node
+                .other_servers
+                .iter()
+                .map(|ip| SocketAddr::from((*ip, 6443)))
+                .collect();
+            match probe_in_rounds(host, &peers) {
+                (Some(a), what) => {
+                    let url = format!("https://{a}");
+                    rewrite_server(&mut files, &url);
                     let msg = format!(
-                        "re-flashed first server: {ip}:6443 answers, so the cluster is running; \
+                        "re-flashed first server: {a} answers, so the cluster is running ({what}); \
                          joining it at {url} instead of initialising a second cluster"
                     );
                     host.log.warn(&msg);
                     msg
                 }
-                None if node.other_servers.is_empty() => {
-                    "first server: initialising the cluster (cluster-init)".to_string()
-                }
-                None => {
-                    let others: Vec<String> =
-                        node.other_servers.iter().map(|i| i.to_string()).collect();
-                    format!(
-                        "first server: initialising the cluster (cluster-init); no other server \
-                         answers on :6443 ({})",
-                        others.join(", ")
-                    )
+                (None, what) => {
+                    let msg = format!(
+                        "first server: initialising the cluster (cluster-init): {} is up and {what}",
+                        node.ip
+                    );
+                    host.log.info(&msg);
+                    msg
                 }
             }
         }
@@ -215,16 +333,39 @@ pub fn check_ready(host: &Host, bundle: &NodeBundle) -> std::result::Result<Stri
                 .env
                 .http_get(KUBELET_HEALTHZ, "/healthz", host.timing.probe_timeout)
             {
-                Ok((200, body)) if body.trim() == "ok" => {
-                    Ok(format!("{service} active, kubelet healthy"))
+                Ok((200, body)) if body.trim() == "ok" => {}
+                Ok((code, body)) => {
+                    return Err(format!(
+                        "kubelet health check answered {code}: {}",
+                        body.trim()
+                    ));
                 }
-                Ok((code, body)) => Err(format!(
-                    "kubelet health check answered {code}: {}",
-                    body.trim()
+                Err(e) => {
+                    return Err(format!(
+                        "kubelet health endpoint http://{KUBELET_HEALTHZ}/healthz: {e}"
+                    ));
+                }
+            }
+            // A healthy kubelet is not yet a Ready node: read the Node's Ready
+            // condition with the agent's own credentials (the system:node role
+            // may get/list/watch nodes).
+            let cmd = Cmd::live(node_paths::K3S_BINARY).args([
+                "kubectl".to_string(),
+                "wait".into(),
+                format!("--kubeconfig={KUBELET_KUBECONFIG}"),
+                "--for=condition=Ready".into(),
+                format!("--timeout={}s", host.timing.ready_attempt.as_secs()),
+                format!("node/{name}"),
+            ]);
+            match host.try_run(&cmd) {
+                Ok(out) if out.success() => Ok(format!(
+                    "{service} active, kubelet healthy, node/{name} condition Ready"
                 )),
-                Err(e) => Err(format!(
-                    "kubelet health endpoint http://{KUBELET_HEALTHZ}/healthz: {e}"
+                Ok(out) => Err(format!(
+                    "`k3s kubectl wait` (kubelet credentials) says: {}",
+                    out.tail()
                 )),
+                Err(e) => Err(format!("{e:#}")),
             }
         }
     }
@@ -249,11 +390,21 @@ pub fn recent_log(host: &Host, bundle: &NodeBundle) -> String {
 pub fn diagnose(log: &str, bundle: &NodeBundle) -> Option<String> {
     let name = &bundle.node.name;
     if log.contains("duplicate node name found") {
+        // K3s #12908 (backports #12927 for 1.32, #12926 for 1.33): the member
+        // controller may fail to record the removal, so the member survives
+        // `kubectl delete node`; etcdctl with K3s's client certificate removes it.
         return Some(format!(
             "the cluster's etcd still has a member for {name} from before this node was \
              re-imaged. On another server run:  sudo k3s kubectl delete node {name}  \
-             (K3s then removes the stale etcd member). Nothing is needed on this node: it \
-             keeps retrying and joins once the old member is gone."
+             (K3s then removes the stale etcd member). If this message keeps coming back, \
+             the member survived the delete (K3s bug #12908 on 1.32/1.33): on that server list \
+             the members with  sudo etcdctl --endpoints https://127.0.0.1:2379 \
+             --cacert /var/lib/rancher/k3s/server/tls/etcd/server-ca.crt \
+             --cert /var/lib/rancher/k3s/server/tls/etcd/server-client.crt \
+             --key /var/lib/rancher/k3s/server/tls/etcd/server-client.key member list  and \
+             remove the one named {name}-<8 hex> with  member remove <ID>  (same options). \
+             Nothing is needed on this node: it keeps retrying and joins once the old member \
+             is gone."
         ));
     }
     if log.contains("Node password rejected") {
@@ -266,12 +417,19 @@ pub fn diagnose(log: &str, bundle: &NodeBundle) -> Option<String> {
     }
     if log.contains("failed to find memory cgroup") {
         return Some(
-            "K3s cannot find the memory cgroup: add `cgroup_enable=memory cgroup_memory=1` \
+            "K3s cannot find the memory cgroup: add `cgroup_enable=memory` \
              to /boot/firmware/cmdline.txt (one line) and reboot."
                 .to_string(),
         );
     }
-    if log.contains("token CA hash does not match")
+    // K3s's HTTP client reports a refused request as "<url>: <status>"
+    // (k3s pkg/clientaccess/token.go, get()); with a plain token the CA is not
+    // pinned and the first authenticated request, to /v1-k3s/…, gets 401.
+    let unauthorized = log
+        .lines()
+        .any(|l| l.contains("/v1-k3s/") && l.contains("401 Unauthorized"));
+    if unauthorized
+        || log.contains("token CA hash does not match")
         || log.contains("failed to validate token")
         || log.contains("token is not valid")
     {

@@ -72,7 +72,11 @@ fn run(cli: Cli) -> Result<(), (anyhow::Error, bool)> {
             // Stage 1 has no login yet: its errors also go to the console.
             let console = Some(cli.root.join("dev/console"));
             let host = cli.host(Log::new(boot_log, console)).map_err(plain)?;
-            stage1::run(&host, None).map_err(logged)?;
+            if let Err(e) = stage1::run(&host, None) {
+                // Handled: exit 0 so systemd.run_success_action=reboot reboots,
+                // into stage 1 again or, after the last try, a normal boot.
+                stage1::recover(&host, &e);
+            }
         }
         Command::Stage2 => {
             let host = cli.host(Log::new(boot_log, None)).map_err(plain)?;

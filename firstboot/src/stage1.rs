@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use picluster_profiles::bundle::{NodeBundle, Phase, boot_files, node_paths};
+use picluster_profiles::bundle::{BOOT_MOUNT, NodeBundle, Phase, boot_files, node_paths};
 use picluster_profiles::cmdline;
 
 use crate::fsutil::{Perms, ensure_dir, read_optional, scrub, write_atomic};
@@ -25,13 +25,6 @@ pub struct Stage1<'a> {
     /// The bundle as found on the boot partition, installed byte for byte.
     bundle_bytes: Vec<u8>,
 }
-
-/// Units stage 1 enables: SSH, the wait for time sync, stage 2.
-pub const ENABLED_UNITS: &[&str] = &[
-    "ssh.service",
-    "systemd-time-wait-sync.service",
-    node_paths::AGENT_UNIT,
-];
 
 /// The steps, in order. Names appear in the journal and `status`.
 pub fn steps<'a>() -> Vec<Step<Stage1<'a>>> {
@@ -86,13 +79,116 @@ pub fn run(host: &Host, stop_after: Option<usize>) -> Result<Outcome> {
             .info("stage 1 complete: the node now reboots and stage 2 (picluster-node.service) installs K3s"),
         Ok(Outcome::Interrupted) => {}
         Err(e) => host.log.error(&format!(
-            "stage 1 FAILED: {e:#}\ncmdline.txt is unchanged, so stage 1 runs again on the next boot: \
-             fix the cause (often: rebuild the image with `picluster build`) and power-cycle the node. \
-             This log is {} on the boot partition.",
+            "stage 1 FAILED: {e:#}\nThis log is {} on the boot partition.",
             boot_files::LOG
         )),
     }
+    if matches!(result, Ok(Outcome::Completed)) {
+        let _ = std::fs::remove_file(host.boot_file(boot_files::STAGE1_TRIES));
+    }
     result
+}
+
+/// Stage 1 runs at most this many times before the node falls back to a
+/// normal boot.
+pub const MAX_TRIES: u32 = 3;
+
+/// What [`recover`] did about a failed stage 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// cmdline.txt is unchanged: the reboot runs stage 1 again.
+    Retry { attempt: u32 },
+    /// The stage-1 arguments are gone: the reboot is a normal multi-user boot
+    /// with sshd, and the reason is on the console, the FAT log and the login notice.
+    FellBack { attempts: u32 },
+}
+
+/// After a failed stage 1: never leave the node in the rescue-like
+/// `kernel-command-line.target` (no sshd, no getty). Below [`MAX_TRIES`] the
+/// node reboots to try again; then it falls back to a normal boot. The
+/// caller exits successfully so `systemd.run_success_action=reboot` reboots.
+pub fn recover(host: &Host, err: &anyhow::Error) -> Recovery {
+    let tries_file = host.boot_file(boot_files::STAGE1_TRIES);
+    let attempt = std::fs::read_to_string(&tries_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    let reason = crate::status::first_line(&format!("{err:#}"), 300);
+    if attempt < MAX_TRIES
+        && write_atomic(&tries_file, format!("{attempt}\n").as_bytes(), None).is_ok()
+    {
+        host.log.error(&format!(
+            "stage 1 failed (attempt {attempt} of {MAX_TRIES}): {reason}; rebooting to try again"
+        ));
+        return Recovery::Retry { attempt };
+    }
+    let _ = std::fs::remove_file(&tries_file);
+    let mut did = Vec::new();
+    let mut failed = Vec::new();
+    // SSH on, whatever step stopped: with the keys if the user step ran.
+    match host.run(host.systemctl_files(&["enable", "ssh.service"])) {
+        Ok(_) => did.push("sshd enabled".to_string()),
+        Err(e) => failed.push(format!("enabling sshd: {e:#}")),
+    }
+    // Stage 2 must not set up K3s on a half-configured node.
+    if host
+        .path(&format!("/etc/systemd/system/{}", node_paths::AGENT_UNIT))
+        .exists()
+    {
+        match host.run(host.systemctl_files(&["disable", node_paths::AGENT_UNIT])) {
+            Ok(_) => did.push(format!("{} disabled", node_paths::AGENT_UNIT)),
+            Err(e) => failed.push(format!("disabling {}: {e:#}", node_paths::AGENT_UNIT)),
+        }
+    }
+    let args = read_optional(&host.boot_file(boot_files::BUNDLE))
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<NodeBundle>(&b).ok())
+        .map(|b| b.stage1_kernel_args)
+        .unwrap_or_else(picluster_profiles::render::stage1_kernel_args);
+    let cmdline = host.boot_file(boot_files::CMDLINE);
+    match std::fs::read_to_string(&cmdline) {
+        Ok(line) => {
+            let stripped = cmdline::remove(&line, &args);
+            if cmdline::tokens(&stripped).is_empty() {
+                failed.push("cmdline.txt would be empty without the stage 1 arguments".into());
+            } else if let Err(e) = write_cmdline(&cmdline, &stripped) {
+                failed.push(format!("rewriting cmdline.txt: {e:#}"));
+            } else {
+                did.push("stage 1 arguments removed from cmdline.txt".into());
+            }
+        }
+        Err(e) => failed.push(format!("reading cmdline.txt: {e}")),
+    }
+    let node = read_optional(&host.boot_file(boot_files::BUNDLE))
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<NodeBundle>(&b).ok())
+        .map(|b| b.node.name)
+        .unwrap_or_else(|| "this node".into());
+    let notice = format!(
+        "picluster: {node} - stage 1 FAILED {attempt} times: {reason}\n  The node booted \
+         normally with SSH on so you can look: picluster-node status; {BOOT_MOUNT}/{}.\n  \
+         Fix the cause (often: rebuild the image with `picluster build`) and flash the card again.\n",
+        boot_files::LOG
+    );
+    if let Err(e) = crate::status::write_notice(host, &notice) {
+        failed.push(format!("writing the login notice: {e:#}"));
+    } else {
+        did.push("login notice written".into());
+    }
+    host.log.error(&format!(
+        "stage 1 failed {attempt} times, the last time: {reason}. Falling back to a normal boot \
+         ({}){}; fix the cause and flash the card again",
+        did.join(", "),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; could not: {}", failed.join("; "))
+        }
+    ));
+    Recovery::FellBack { attempts: attempt }
 }
 
 fn run_inner(host: &Host, stop_after: Option<usize>) -> Result<Outcome> {
@@ -243,33 +339,66 @@ fn configure_user(c: &mut Stage1) -> Result<String> {
 /// (`userconfig.service`, with getty@tty1 disabled and an SSH banner) unless
 /// `userconf.txt` names one. The account is configured now: retire the wizard
 /// as Raspberry Pi's `cancel-rename` does, and scrub `userconf.txt` (it holds a hash).
+///
+/// Not fatal: images differ (the unit in `/usr/lib` or moved to `/etc` by a
+/// customisation tool, already masked or removed, no getty unit), and none of
+/// this decides whether the node is safe or reachable. What could not be done
+/// is logged and the step carries on.
 fn retire_rename_wizard(c: &mut Stage1) -> Result<String> {
     let host = c.host;
     let mut done = Vec::new();
-    let installed = [
-        "/lib/systemd/system",
-        "/usr/lib/systemd/system",
-        "/etc/systemd/system",
-    ]
-    .iter()
-    .any(|d| host.path(&format!("{d}/userconfig.service")).exists());
-    if installed {
-        host.run(host.systemctl_files(&["disable", "userconfig.service"]))?;
+    let mut found = Vec::new();
+    let unit = "userconfig.service";
+    let in_etc = host.path(&format!("/etc/systemd/system/{unit}"));
+    let masked = std::fs::read_link(&in_etc).is_ok_and(|t| t == Path::new("/dev/null"));
+    let shipped = ["/lib/systemd/system", "/usr/lib/systemd/system"]
+        .iter()
+        .any(|d| host.path(&format!("{d}/{unit}")).exists());
+    let copied = !masked && in_etc.is_file();
+    if masked {
+        found.push(format!("{unit} already masked"));
+    } else if !shipped && !copied {
+        found.push(format!("{unit} not installed"));
+    } else {
+        let mut tolerate = |what: &str, r: Result<crate::host::CmdOutput>| match r {
+            Ok(_) => done.push(what.to_string()),
+            Err(e) => found.push(format!(
+                "{what} failed ({})",
+                crate::status::first_line(&format!("{e:#}"), 160)
+            )),
+        };
+        tolerate(
+            &format!("{unit} disabled"),
+            host.run(host.systemctl_files(&["disable", unit])),
+        );
+        if copied {
+            // `systemctl mask` refuses to replace a unit file in /etc: disabled is enough.
+            found.push(format!("{unit} is a file in /etc/systemd/system (moved there by a customisation tool): left disabled, not masked"));
+        } else {
+            tolerate(
+                &format!("{unit} masked"),
+                host.run(host.systemctl_files(&["mask", unit])),
+            );
+        }
     }
-    host.run(host.systemctl_files(&["mask", "userconfig.service"]))?;
-    done.push("userconfig.service masked".to_string());
     if !host
         .path("/etc/systemd/system/getty.target.wants/getty@tty1.service")
         .exists()
     {
-        host.run(host.systemctl_files(&["enable", "getty@tty1.service"]))?;
-        done.push("getty@tty1 enabled".into());
+        match host.run(host.systemctl_files(&["enable", "getty@tty1.service"])) {
+            Ok(_) => done.push("getty@tty1 enabled".into()),
+            Err(e) => found.push(format!(
+                "enabling getty@tty1 failed ({})",
+                crate::status::first_line(&format!("{e:#}"), 160)
+            )),
+        }
     }
     let banner = host.path("/etc/ssh/sshd_config.d/rename_user.conf");
     if banner.exists() {
-        std::fs::remove_file(&banner)
-            .with_context(|| format!("cannot delete {}", banner.display()))?;
-        done.push("rename banner removed from sshd".into());
+        match std::fs::remove_file(&banner) {
+            Ok(()) => done.push("rename banner removed from sshd".into()),
+            Err(e) => found.push(format!("cannot delete {}: {e}", banner.display())),
+        }
     }
     for name in [
         boot_files::USERCONF,
@@ -277,18 +406,45 @@ fn retire_rename_wizard(c: &mut Stage1) -> Result<String> {
         "failed_userconf.txt",
         "failed_userconf",
     ] {
+        // userconf.txt holds a password hash: failing to scrub it is fatal.
         if scrub(&host.boot_file(name))? > 0 {
             done.push(format!("{name} scrubbed from the boot partition"));
         }
     }
-    Ok(done.join("; "))
+    if !found.is_empty() {
+        host.log.warn(&format!(
+            "rename-wizard: continuing; found: {}",
+            found.join("; ")
+        ));
+    }
+    let mut detail = done.join("; ");
+    if !found.is_empty() {
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&format!("found: {}", found.join("; ")));
+    }
+    Ok(detail)
 }
 
+/// sshd and stage 2 are fatal (without them the node is unreachable or never
+/// joins); the wait for time sync is not (stage 2 bounds its own wait).
 fn enable_units(c: &mut Stage1) -> Result<String> {
-    let mut args = vec!["enable"];
-    args.extend_from_slice(ENABLED_UNITS);
-    c.host.run(c.host.systemctl_files(&args))?;
-    Ok(format!("enabled {}", ENABLED_UNITS.join(", ")))
+    let host = c.host;
+    host.run(host.systemctl_files(&["enable", "ssh.service", node_paths::AGENT_UNIT]))?;
+    let mut detail = format!("enabled ssh.service, {}", node_paths::AGENT_UNIT);
+    match host.run(host.systemctl_files(&["enable", "systemd-time-wait-sync.service"])) {
+        Ok(_) => detail.push_str(", systemd-time-wait-sync.service"),
+        Err(e) => {
+            let msg = format!(
+                "systemd-time-wait-sync.service not enabled ({}): continuing, stage 2 waits for the clock itself",
+                crate::status::first_line(&format!("{e:#}"), 160)
+            );
+            host.log.warn(&msg);
+            detail.push_str(&format!("; {msg}"));
+        }
+    }
+    Ok(detail)
 }
 
 fn install_agent(c: &mut Stage1) -> Result<String> {

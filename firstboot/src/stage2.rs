@@ -35,8 +35,8 @@ pub fn steps<'a>() -> Vec<Step<Stage2<'a>>> {
             run: wait_clock,
         },
         Step {
-            name: "memory-cgroup",
-            run: check_memory_cgroup,
+            name: "cgroups",
+            run: check_cgroups,
         },
         Step {
             name: "apt-packages",
@@ -208,7 +208,11 @@ fn wait_clock(c: &mut Stage2) -> Result<String> {
     }
 }
 
-fn check_memory_cgroup(c: &mut Stage2) -> Result<String> {
+/// cgroup v2 controllers K3s's kubelet needs for pods (CPU shares and quota,
+/// cpusets, memory limits).
+pub const NEEDED_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory"];
+
+fn check_cgroups(c: &mut Stage2) -> Result<String> {
     let path = c.host.path(CGROUP_CONTROLLERS);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -218,13 +222,31 @@ fn check_memory_cgroup(c: &mut Stage2) -> Result<String> {
             path.display()
         ),
     };
-    if text.split_whitespace().any(|c| c == "memory") {
-        return Ok(format!("memory controller enabled ({})", text.trim()));
+    let have: Vec<&str> = text.split_whitespace().collect();
+    let missing: Vec<&str> = NEEDED_CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|n| !have.contains(n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(format!(
+            "cgroup v2 controllers {} enabled ({})",
+            NEEDED_CONTROLLERS.join(", "),
+            text.trim()
+        ));
     }
+    let fix = if missing.contains(&"memory") {
+        "Add `cgroup_enable=memory` to the single line of /boot/firmware/cmdline.txt (the \
+         firmware prepends cgroup_disable=memory; picluster build puts it there: was the file \
+         edited?) and reboot"
+    } else {
+        "This kernel was built without them: use the Raspberry Pi OS kernel (kernel8.img or \
+         kernel_2712.img)"
+    };
     bail!(
-        "the memory cgroup controller is not enabled ({CGROUP_CONTROLLERS} lists: {}), and K3s \
-         cannot run without it. Add `cgroup_enable=memory cgroup_memory=1` to the single line of \
-         /boot/firmware/cmdline.txt (picluster build puts them there: was the file edited?) and reboot",
+        "the cgroup v2 controller(s) {} K3s needs are not enabled ({CGROUP_CONTROLLERS} lists: \
+         {}). {fix}",
+        missing.join(", "),
         text.trim()
     )
 }

@@ -43,6 +43,17 @@ pub fn configure(host: &Host, plan: &UserPlan, password_hash: Option<&str>) -> R
     let mut done = Vec::new();
 
     let account = match (before.user(name), before.user_by_uid(plan.uid)) {
+        // Someone else's account (a service's, say `www-data` or `proxy`):
+        // taking it over would give the administrator's keys and sudo to it,
+        // keep its nologin shell and move its home. Never.
+        (Some(u), _) if u.uid != plan.uid => bail!(
+            "the image already has an account {name:?} with uid {} (home {}), not uid {}: it \
+             belongs to the system, and picluster will not turn it into the administrator. \
+             Choose another [access] user in the cluster file and rebuild the image",
+            u.uid,
+            u.home,
+            plan.uid
+        ),
         (Some(u), _) => u.clone(),
         (None, Some(first)) => {
             host.run(host.shadow_tool("usermod").args(["-l", name, &first.name]))?;

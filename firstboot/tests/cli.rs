@@ -87,7 +87,8 @@ fn stage1_dry_run(agent: &[&str], agent_file: &Path) {
             "systemctl --root=ROOT disable userconfig.service",
             "systemctl --root=ROOT mask userconfig.service",
             "systemctl --root=ROOT enable getty@tty1.service",
-            "systemctl --root=ROOT enable ssh.service systemd-time-wait-sync.service picluster-node.service",
+            "systemctl --root=ROOT enable ssh.service picluster-node.service",
+            "systemctl --root=ROOT enable systemd-time-wait-sync.service",
         ]
     );
 
@@ -168,23 +169,62 @@ fn host_binary_version_status_and_dry_runs() {
 }
 
 #[test]
-fn stage1_failure_exits_non_zero_with_the_reason() {
+fn stage1_failure_retries_a_bounded_number_of_times_then_boots_normally() {
     let bin = env!("CARGO_BIN_EXE_picluster-node");
     let f = Fixture::new(SAMPLE_CLUSTER, "pi-worker-2");
     std::fs::remove_file(f.boot.join(boot_files::BUNDLE)).unwrap();
-    let out = Command::new(bin)
-        .args(["stage1", "--root"])
-        .arg(&f.root)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let record = f.root.join("cmds.jsonl");
+    let cmdline = f.boot.join(boot_files::CMDLINE);
+    let built = std::fs::read_to_string(&cmdline).unwrap();
+    let run = || {
+        Command::new(bin)
+            .args(["stage1", "--root"])
+            .arg(&f.root)
+            .arg("--record-commands")
+            .arg(&record)
+            .output()
+            .unwrap()
+    };
+    // A handled failure exits 0, so systemd.run_success_action=reboot reboots
+    // instead of leaving the node in kernel-command-line.target.
+    for attempt in 1..=2 {
+        let out = run();
+        assert!(out.status.success(), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("stage 1 FAILED: no node bundle at"), "{err}");
+        assert!(
+            err.contains(&format!("stage 1 failed (attempt {attempt} of 3)"))
+                && err.contains("rebooting to try again"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&cmdline).unwrap(),
+            built,
+            "retries keep stage 1's arguments"
+        );
+    }
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("stage 1 FAILED: no node bundle at"), "{err}");
-    let log = std::fs::read_to_string(f.boot.join(boot_files::LOG)).unwrap();
     assert!(
-        log.contains("error: stage 1 FAILED: no node bundle at"),
-        "{log}"
+        err.contains("stage 1 failed 3 times, the last time: no node bundle at")
+            && err.contains("Falling back to a normal boot (sshd enabled, stage 1 arguments removed from cmdline.txt, login notice written)"),
+        "{err}"
     );
+    assert_eq!(std::fs::read_to_string(&cmdline).unwrap(), FINAL_CMDLINE);
+    let notice = f.read("/etc/motd.d/picluster");
+    assert!(
+        notice.starts_with("picluster: this node - stage 1 FAILED 3 times: no node bundle at")
+            && notice.contains("booted normally with SSH on"),
+        "{notice}"
+    );
+    let log = std::fs::read_to_string(f.boot.join(boot_files::LOG)).unwrap();
+    assert!(log.contains("Falling back to a normal boot"), "{log}");
+    assert!(
+        argv_lines(&recorded(&record), &f.root)
+            .contains(&"systemctl --root=ROOT enable ssh.service".to_string())
+    );
+    assert!(!f.boot.join(boot_files::STAGE1_TRIES).exists());
 }
 
 fn target_dir() -> PathBuf {

@@ -13,6 +13,18 @@ use picluster_profiles::bundle::{Phase, boot_files, node_paths};
 
 const GROUPS: &str = "adm,dialout,cdrom,sudo,audio,video,plugdev,users,input,netdev,gpio,i2c,spi";
 
+/// The journal line of a stage-1 step.
+fn stage1_detail(f: &Fixture, step: &str) -> String {
+    Journal::read(&f.path(node_paths::JOURNAL))
+        .unwrap()
+        .unwrap()
+        .get(Stage::Stage1, step)
+        .unwrap()
+        .detail
+        .clone()
+        .unwrap_or_default()
+}
+
 fn run(f: &Fixture) -> Outcome {
     stage1::run(&f.host(), None).unwrap()
 }
@@ -243,7 +255,15 @@ fn missing_secrets_fail_clearly_and_leave_cmdline_alone() {
     assert_eq!(std::fs::read_to_string(&cmdline).unwrap(), before);
     let log = std::fs::read_to_string(f.boot.join(boot_files::LOG)).unwrap();
     assert!(log.contains("error: stage 1 FAILED"), "{log}");
-    assert!(log.contains("cmdline.txt is unchanged"), "{log}");
+    // Handled: the node reboots to try again, cmdline.txt untouched.
+    let err = stage1::run(&f.host(), None).unwrap_err();
+    assert_eq!(
+        stage1::recover(&f.host(), &err),
+        stage1::Recovery::Retry { attempt: 1 }
+    );
+    assert_eq!(std::fs::read_to_string(&cmdline).unwrap(), before);
+    let log = std::fs::read_to_string(f.boot.join(boot_files::LOG)).unwrap();
+    assert!(log.contains("stage 1 failed (attempt 1 of 3)"), "{log}");
     let j = Journal::read(&f.path(node_paths::JOURNAL))
         .unwrap()
         .unwrap();
@@ -307,9 +327,8 @@ fn default_user_keeps_its_account_and_is_locked_when_keys_only() {
             format!("systemctl --root={r} disable userconfig.service"),
             format!("systemctl --root={r} mask userconfig.service"),
             format!("systemctl --root={r} enable getty@tty1.service"),
-            format!(
-                "systemctl --root={r} enable ssh.service systemd-time-wait-sync.service picluster-node.service"
-            ),
+            format!("systemctl --root={r} enable ssh.service picluster-node.service"),
+            format!("systemctl --root={r} enable systemd-time-wait-sync.service"),
         ]
     );
     assert!(f.recorder.calls().iter().all(|c| !c.live));
@@ -366,15 +385,7 @@ fn renamed_user_with_password_gets_it_through_stdin_only() {
     );
     assert!(!f.path("/etc/sudoers.d/010_picluster-nopasswd").exists());
     assert!(!f.boot.join(boot_files::USERCONF).exists());
-    let j = Journal::read(&f.path(node_paths::JOURNAL))
-        .unwrap()
-        .unwrap();
-    let detail = j
-        .get(Stage::Stage1, "rename-wizard")
-        .unwrap()
-        .detail
-        .clone()
-        .unwrap();
+    let detail = stage1_detail(&f, "rename-wizard");
     assert!(detail.contains("userconf.txt scrubbed"), "{detail}");
 }
 
@@ -565,4 +576,144 @@ fn creates_the_user_when_the_image_has_no_first_user() {
         f.meta("/home/alice/.ssh/authorized_keys"),
         (0o600, 1000, 1000)
     );
+}
+
+#[test]
+fn an_existing_system_account_is_never_taken_over() {
+    // Validation refuses `proxy`; a bundle built by an older or edited tool is
+    // refused by the agent too: Debian's proxy has uid 13 and home /bin.
+    let f = Fixture::new(SAMPLE_CLUSTER, "pi-worker-1");
+    let mut bundle = f.bundle.clone();
+    bundle.user.name = "proxy".into();
+    std::fs::write(
+        f.boot.join(boot_files::BUNDLE),
+        serde_json::to_vec_pretty(&bundle).unwrap(),
+    )
+    .unwrap();
+    let passwd = f.path("/etc/passwd");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str("proxy:x:13:13:proxy:/bin:/usr/sbin/nologin\n");
+    std::fs::write(&passwd, text).unwrap();
+    let err = format!("{:#}", stage1::run(&f.host(), None).unwrap_err());
+    assert!(
+        err.contains("already has an account \"proxy\" with uid 13 (home /bin), not uid 1000")
+            && err.contains("Choose another [access] user"),
+        "{err}"
+    );
+    assert!(
+        !f.recorder.lines().iter().any(|l| l.contains("usermod")),
+        "{:?}",
+        f.recorder.lines()
+    );
+}
+
+#[test]
+fn retiring_pi_os_helpers_tolerates_image_variants_and_says_what_it_found() {
+    // userconfig.service moved to /etc by a customisation tool: `systemctl
+    // mask` would refuse, so it is only disabled; the step carries on.
+    let f = Fixture::new(SAMPLE_CLUSTER, "pi-master");
+    let unit = f.path("/etc/systemd/system/userconfig.service");
+    std::fs::create_dir_all(unit.parent().unwrap()).unwrap();
+    std::fs::write(&unit, "[Unit]\nDescription=wizard\n").unwrap();
+    // And a systemctl that fails to enable getty@tty1 (no such unit).
+    let rec = Arc::new(Recorder::with_responder(|c: &Cmd| {
+        if c.args.iter().any(|a| a == "getty@tty1.service") {
+            CmdOutput::failed(
+                1,
+                "Failed to enable unit: Unit file getty@tty1.service does not exist.",
+            )
+        } else {
+            CmdOutput::ok()
+        }
+    }));
+    let host = f.host_with(rec.clone());
+    assert_eq!(stage1::run(&host, None).unwrap(), Outcome::Completed);
+    let lines = rec.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("disable userconfig.service")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.ends_with("mask userconfig.service")),
+        "{lines:?}"
+    );
+    let detail = stage1_detail(&f, "rename-wizard");
+    assert!(
+        detail.contains("moved there by a customisation tool")
+            && detail.contains("enabling getty@tty1 failed")
+            && detail.contains("does not exist"),
+        "{detail}"
+    );
+    assert!(
+        host.log
+            .lines()
+            .join("\n")
+            .contains("rename-wizard: continuing; found:")
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.boot.join(boot_files::CMDLINE)).unwrap(),
+        FINAL_CMDLINE
+    );
+
+    // Already masked (a link to /dev/null): nothing to do, and it says so.
+    let g = Fixture::new(SAMPLE_CLUSTER, "pi-master");
+    let unit = g.path("/etc/systemd/system/userconfig.service");
+    std::fs::create_dir_all(unit.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&unit);
+    std::os::unix::fs::symlink("/dev/null", &unit).unwrap();
+    stage1::run(&g.host(), None).unwrap();
+    assert!(
+        !g.recorder.lines().iter().any(|l| l.contains("userconfig")),
+        "{:?}",
+        g.recorder.lines()
+    );
+    assert!(stage1_detail(&g, "rename-wizard").contains("userconfig.service already masked"));
+}
+
+#[test]
+fn a_fatal_step_failing_three_times_falls_back_to_a_normal_boot_with_sshd() {
+    let f = Fixture::new(SAMPLE_CLUSTER, "pi-master");
+    // The user step fails every time (usermod broken).
+    let rec = Arc::new(Recorder::with_responder(|c: &Cmd| {
+        if c.program == "usermod" {
+            CmdOutput::failed(10, "usermod: cannot lock /etc/passwd; try again later.")
+        } else {
+            CmdOutput::ok()
+        }
+    }));
+    let host = f.host_with(rec.clone());
+    for attempt in 1..=2 {
+        let err = stage1::run(&host, None).unwrap_err();
+        assert_eq!(
+            stage1::recover(&host, &err),
+            stage1::Recovery::Retry { attempt }
+        );
+    }
+    let err = stage1::run(&host, None).unwrap_err();
+    assert_eq!(
+        stage1::recover(&host, &err),
+        stage1::Recovery::FellBack { attempts: 3 }
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.boot.join(boot_files::CMDLINE)).unwrap(),
+        FINAL_CMDLINE
+    );
+    let lines = rec.lines();
+    let r = f.root.display().to_string();
+    assert!(
+        lines.contains(&format!("systemctl --root={r} enable ssh.service")),
+        "{lines:?}"
+    );
+    let notice = f.read("/etc/motd.d/picluster");
+    assert!(
+        notice.starts_with(
+            "picluster: pi-master - stage 1 FAILED 3 times: stage1 step \"user\" failed"
+        ) && notice.contains("cannot lock /etc/passwd"),
+        "{notice}"
+    );
+    assert_eq!(f.read("/etc/issue.d/picluster.issue"), notice);
+    // The secrets were still moved off the card before the user step.
+    assert!(!f.boot.join(boot_files::SECRETS).exists());
 }

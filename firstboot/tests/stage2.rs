@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use common::{BUILT_AT, Fixture, airgap_bytes, files_containing, ha_cluster, k3s_bytes};
-use picluster_node::host::{Cmd, CmdOutput, Recorder, SimulatedEnvironment};
+use picluster_node::host::{Cmd, CmdOutput, Environment, Recorder, SimulatedEnvironment};
 use picluster_node::journal::{Journal, Outcome, Stage, Status};
 use picluster_node::{stage1, stage2, status};
 use picluster_profiles::SAMPLE_CLUSTER;
@@ -132,6 +132,8 @@ fn agent_installs_k3s_writes_its_config_and_waits_for_the_kubelet() {
             format!("systemctl --root={r} enable k3s-agent.service"),
             "systemctl restart --no-block k3s-agent.service".into(),
             "systemctl is-active k3s-agent.service".into(),
+            // Ready is the Node's condition, read with the kubelet's own credentials.
+            "/usr/local/bin/k3s kubectl wait --kubeconfig=/var/lib/rancher/k3s/agent/kubelet.kubeconfig --for=condition=Ready --timeout=60s node/pi-worker-1".into(),
             format!("systemctl --root={r} disable picluster-node.service"),
         ]
     );
@@ -214,10 +216,107 @@ fn joining_server_points_at_the_api_endpoint() {
         "{config}"
     );
     assert!(!config.contains("cluster-init"), "{config}");
-    assert_eq!(
-        detail(&f, "k3s-config").split(';').next(),
-        Some("server joining https://192.168.0.120:6443")
+    let d = detail(&f, "k3s-config");
+    assert!(
+        d.starts_with("server joining https://192.168.0.120:6443 (none of 192.168.0.120:6443, 192.168.0.122:6443 answered"),
+        "{d}"
     );
+}
+
+#[test]
+fn a_joining_node_registers_with_the_first_server_that_answers() {
+    // The first server is down; the third answers: join through it.
+    let f = Fixture::new(&ha_cluster(), "pi-worker-1");
+    after_stage1(&f);
+    f.env
+        .open_ports
+        .lock()
+        .unwrap()
+        .push(SocketAddr::from(([192, 168, 0, 122], 6443)));
+    stage2::run(&f.host(), None).unwrap();
+    let config = f.read(node_paths::K3S_CONFIG);
+    assert!(
+        config.contains("server: \"https://192.168.0.122:6443\"\n"),
+        "{config}"
+    );
+    let d = detail(&f, "k3s-config");
+    assert!(
+        d.starts_with("server joining https://192.168.0.122:6443 (registration addresses in order: https://192.168.0.120:6443, https://192.168.0.122:6443; 192.168.0.122:6443 answered in probe round 1"),
+        "{d}"
+    );
+    // Probed in file order: the first server first.
+    let notes = f.recorder.notes();
+    let first = notes
+        .iter()
+        .position(|n| n.starts_with("tcp 192.168.0.120:6443"))
+        .unwrap();
+    let third = notes
+        .iter()
+        .position(|n| n.starts_with("tcp 192.168.0.122:6443"))
+        .unwrap();
+    assert!(first < third, "{notes:?}");
+}
+
+#[test]
+fn reflashed_first_server_keeps_probing_late_peers_then_joins_never_cluster_init() {
+    let f = Fixture::new(&ha_cluster(), "pi-master");
+    after_stage1(&f);
+    let t0 = f.env.now();
+    // Its own link comes up after 3 minutes (past the network step's 2-minute
+    // wait), the second server answers 4 minutes after that.
+    *f.env.address_from.lock().unwrap() = Some(t0 + 180);
+    f.env
+        .open_from
+        .lock()
+        .unwrap()
+        .push((SocketAddr::from(([192, 168, 0, 121], 6443)), t0 + 420));
+    let host = f.host();
+    stage2::run(&host, None).unwrap();
+    let config = f.read(node_paths::K3S_CONFIG);
+    assert!(!config.contains("cluster-init"), "{config}");
+    assert!(
+        config.contains("server: \"https://192.168.0.121:6443\"\n"),
+        "{config}"
+    );
+    let log = host.log.lines().join("\n");
+    assert!(
+        log.contains("is not assigned yet: not deciding between joining and initialising"),
+        "{log}"
+    );
+    assert!(
+        log.contains("probe round 1: none of 192.168.0.121:6443, 192.168.0.122:6443 answers"),
+        "{log}"
+    );
+    let d = detail(&f, "k3s-config");
+    assert!(
+        d.starts_with("re-flashed first server: 192.168.0.121:6443 answers, so the cluster is running (192.168.0.121:6443 answered in probe round"),
+        "{d}"
+    );
+    // No peer was probed before the node's own address was up.
+    let notes = f.recorder.notes();
+    let up = notes
+        .iter()
+        .position(|n| n == "address 192.168.0.120 assigned: true")
+        .unwrap();
+    let first_probe = notes.iter().position(|n| n.starts_with("tcp ")).unwrap();
+    assert!(up < first_probe, "{notes:?}");
+}
+
+#[test]
+fn first_server_initialises_only_after_probing_its_peers_for_minutes() {
+    let f = Fixture::new(&ha_cluster(), "pi-master");
+    after_stage1(&f);
+    let t0 = f.env.now();
+    stage2::run(&f.host(), None).unwrap();
+    let config = f.read(node_paths::K3S_CONFIG);
+    assert!(config.contains("cluster-init: true\n"), "{config}");
+    let d = detail(&f, "k3s-config");
+    assert!(
+        d.starts_with("first server: initialising the cluster (cluster-init): 192.168.0.120 is up and none of 192.168.0.121:6443, 192.168.0.122:6443 answered in"),
+        "{d}"
+    );
+    assert!(d.contains("over 5m00s"), "{d}");
+    assert!(f.env.now() - t0 >= 300);
 }
 
 #[test]
@@ -332,15 +431,24 @@ fn missing_memory_cgroup_names_the_fix() {
     .unwrap();
     let err = format!("{:#}", stage2::run(&f.host(), None).unwrap_err());
     assert!(
-        err.contains("memory cgroup controller is not enabled"),
+        err.contains("cgroup v2 controller(s) memory K3s needs are not enabled"),
         "{err}"
     );
     assert!(err.contains("lists: cpuset cpu io pids"), "{err}");
     assert!(
-        err.contains("cgroup_enable=memory cgroup_memory=1"),
+        err.contains("cgroup_enable=memory") && !err.contains("cgroup_memory=1"),
         "{err}"
     );
     assert!(err.contains("/boot/firmware/cmdline.txt"), "{err}");
+
+    // Without cpuset the step names exactly that controller.
+    std::fs::write(
+        f.path("/sys/fs/cgroup/cgroup.controllers"),
+        "cpu io memory pids\n",
+    )
+    .unwrap();
+    let err = format!("{:#}", stage2::run(&f.host(), None).unwrap_err());
+    assert!(err.contains("controller(s) cpuset K3s needs"), "{err}");
 }
 
 #[test]
@@ -616,5 +724,34 @@ fn stage2_before_stage1_says_so() {
     assert!(
         err.contains("/etc/picluster/node.json does not exist: stage 1 has not run"),
         "{err}"
+    );
+}
+
+#[test]
+fn wrong_tokens_and_surviving_etcd_members_are_explained() {
+    let f = Fixture::new(SAMPLE_CLUSTER, "pi-worker-1");
+    // K3s 1.33 with a plain token: the CA is not pinned, so the first
+    // authenticated request fails as "<url>: <status>" (k3s
+    // pkg/clientaccess/token.go, get()).
+    let log = "level=error msg=\"Failed to retrieve agent configuration: https://192.168.0.120:6443/v1-k3s/config: 401 Unauthorized\"\n";
+    let hint = picluster_node::k3s::diagnose(log, &f.bundle).expect("recognised");
+    assert!(
+        hint.contains("does not accept this node's token") && hint.contains("secrets.toml"),
+        "{hint}"
+    );
+    // A 401 elsewhere (say, a kubectl call) is not a join failure.
+    assert!(
+        picluster_node::k3s::diagnose("GET /api/v1/pods: 401 Unauthorized\n", &f.bundle).is_none()
+    );
+    let hint = picluster_node::k3s::diagnose(
+        "ETCD join failed: duplicate node name found, please use a unique name for this node\n",
+        &f.bundle,
+    )
+    .unwrap();
+    assert!(
+        hint.contains("sudo k3s kubectl delete node pi-worker-1")
+            && hint.contains("#12908")
+            && hint.contains("member remove <ID>"),
+        "{hint}"
     );
 }

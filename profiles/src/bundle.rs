@@ -34,6 +34,8 @@ pub mod boot_files {
     pub const K3S_AIRGAP: &str = "k3s-airgap-images-arm64.tar.zst";
     /// The agent's log of stage 1, readable by pulling the card.
     pub const LOG: &str = "picluster-node.log";
+    /// How many times stage 1 has failed on this card (bounded retries).
+    pub const STAGE1_TRIES: &str = "picluster-stage1-tries";
     /// Raspberry Pi OS's own switches.
     pub const SSH: &str = "ssh";
     pub const USERCONF: &str = "userconf.txt";
@@ -159,8 +161,14 @@ pub struct NodeIdentity {
     pub media: Media,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<String>,
-    /// `https://<api_endpoint>:6443`, the address joining nodes use.
+    /// `https://<api_endpoint>:6443` (or the `join` URL): what config.yaml's
+    /// `server:` says as rendered.
     pub server_url: String,
+    /// Where a joining node registers, in the order it tries them until one
+    /// answers on its port: `server_url` first, then every other server of the
+    /// file. Stage 2 writes the first that answers into config.yaml.
+    #[serde(default)]
+    pub registration_urls: Vec<String>,
     /// The other servers' addresses. A re-flashed first server that finds one of
     /// them answering joins it instead of initialising a second cluster.
     pub other_servers: Vec<Ipv4Addr>,

@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use crate::catalog;
 use crate::checks;
-use crate::error::{Error, Source};
+use crate::error::{Error, Problem, Source};
 use crate::platform::Platform;
 use crate::schema::{RawAccess, RawCluster, RawClusterFile, RawImage, RawNetwork, RawNode};
 
@@ -117,6 +117,9 @@ pub struct Access {
     /// A crypt hash; a secret (it never appears in plan output).
     #[serde(skip)]
     pub password_hash: Option<String>,
+    /// Line and column of `user` in the cluster file, for later checks.
+    #[serde(skip)]
+    pub user_at: Option<(usize, usize)>,
 }
 
 impl Access {
@@ -149,14 +152,71 @@ pub struct Cluster {
     /// Address agents and joining servers use to reach the API (IP or DNS name).
     pub api_endpoint: String,
     pub tls_san: Vec<String>,
+    /// `https://host:6443` of an existing cluster not described in this file:
+    /// every node joins it (no node initialises a cluster).
+    pub join: Option<String>,
     pub image: ImageSettings,
     pub network: Network,
     pub access: Access,
     pub nodes: Vec<Node>,
     pub platform: Platform,
+    /// Where the file still holds the sample key of `picluster init` (no known
+    /// private half): `plan` and `build` refuse it, see [`Cluster::refuse_sample_key`].
+    #[serde(skip)]
+    pub sample_key: Option<Problem>,
 }
 
 impl Cluster {
+    /// Refuse a cluster whose only way in is the sample key nobody holds the
+    /// private half of (`picluster init` writes it when no `~/.ssh/*.pub` exists).
+    pub fn refuse_sample_key(&self) -> Result<(), Error> {
+        match &self.sample_key {
+            Some(p) => Err(Error::Invalid(vec![p.clone()])),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuse an administrator name the base image already uses for a system
+    /// account or group (id below 1000), as read from its `/etc/passwd` and
+    /// `/etc/group` by the builder.
+    pub fn refuse_base_account(&self, system: &[(String, u32)], image: &str) -> Result<(), Error> {
+        let user = &self.access.user;
+        match system.iter().find(|(n, _)| n == user) {
+            None => Ok(()),
+            Some((_, id)) => Err(Error::Invalid(vec![Problem {
+                file: self.path.clone(),
+                line: self.access.user_at,
+                field: "access.user".into(),
+                message: format!(
+                    "\"{user}\" is a system account or group (id {id}) in the base image ({image})"
+                ),
+                hint: Some("choose a personal administrator name such as alice; stage 1 renames Raspberry Pi OS's first user (uid 1000) to it".into()),
+            }])),
+        }
+    }
+
+    /// The URLs a joining node registers with, in the order it tries them:
+    /// the `join` URL alone, or else `api_endpoint` and then every server of
+    /// the file in order (never `except` itself), so a node can join or
+    /// re-join while the first server is down.
+    pub fn registration_urls(&self, except: &str) -> Vec<String> {
+        if let Some(j) = &self.join {
+            return vec![j.clone()];
+        }
+        let mut urls = vec![format!("https://{}:6443", self.api_endpoint)];
+        for s in self.servers().filter(|s| s.name != except) {
+            let u = format!("https://{}:6443", s.ip);
+            if !urls.contains(&u) {
+                urls.push(u);
+            }
+        }
+        if let Some(me) = self.node(except) {
+            let own = format!("https://{}:6443", me.ip);
+            urls.retain(|u| *u != own);
+        }
+        urls
+    }
+
     /// Read and validate a cluster file.
     pub fn load(path: &Path) -> Result<Cluster, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
@@ -198,6 +258,41 @@ impl Cluster {
             _ => Path::new("."),
         }
     }
+}
+
+/// Raspberry Pi OS's own consoles on `cmdline.txt` (DESIGN.md).
+const PIOS_CONSOLES: &[&str] = &["console=serial0,115200", "console=tty1"];
+
+/// An IPv4 literal or a DNS name. A name made of numbers and dots only is
+/// neither (`999.1.1.1` is a mistyped address, not a host name).
+fn host_or_ip(v: &str) -> Result<(), String> {
+    if v.parse::<Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if v.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "\"{v}\" is not a valid IPv4 address (each of the four numbers is 0 to 255)"
+        ));
+    }
+    if v.is_empty() || v.len() > 253 || !v.split('.').all(|l| checks::hostname(l).is_ok()) {
+        return Err(format!("\"{v}\" is neither an IPv4 address nor a DNS name"));
+    }
+    // RFC 1123 §2.1: the top-level label is never all-numeric.
+    if v.rsplit('.')
+        .next()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(format!(
+            "\"{v}\" ends in a numeric label, so it is not a DNS name"
+        ));
+    }
+    Ok(())
+}
+
+/// The host of a validated `https://host:port` URL.
+fn join_host(url: &str) -> &str {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    rest.rsplit_once(':').map_or(rest, |(h, _)| h)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -253,10 +348,30 @@ impl Builder<'_, '_> {
 
     fn cluster(&mut self, path: &Path, sha256: String, raw: RawClusterFile) -> Option<Cluster> {
         let (name, k3s, api_endpoint, tls_san) = self.cluster_table(raw.cluster.get_ref());
+        let join = self.join(raw.cluster.get_ref());
         let image = self.image(raw.image.as_ref().map(Spanned::get_ref));
         let network = self.network(raw.network.get_ref());
         let access = self.access(&raw.access);
-        let nodes = self.nodes(&raw.nodes, network.as_ref());
+        let nodes = self.nodes(
+            &raw.nodes,
+            network.as_ref(),
+            raw.cluster.get_ref().join.is_some(),
+        );
+        if let (Some(ep), Some(nodes)) = (&raw.cluster.get_ref().api_endpoint, &nodes) {
+            self.api_endpoint_is_a_server(ep, nodes, raw.cluster.get_ref().join.is_some());
+        }
+        let sample_key = raw.access.get_ref().ssh_authorized_keys.iter().find_map(|k| {
+            (k.get_ref().trim() == crate::SAMPLE_SSH_KEY).then(|| {
+                let (line, col) = self.src.line_col(k.span().start);
+                Problem {
+                    file: path.to_path_buf(),
+                    line: Some((line, col)),
+                    field: "access.ssh_authorized_keys".into(),
+                    message: "this is the example key of the sample cluster file: nobody holds its private half, so nobody could log in to the nodes".into(),
+                    hint: Some("put your own public key here (`cat ~/.ssh/id_ed25519.pub`; create one with `ssh-keygen -t ed25519`)".into()),
+                }
+            })
+        });
         let platform = Platform::from_table(
             raw.platform.as_ref(),
             self.src,
@@ -265,9 +380,11 @@ impl Builder<'_, '_> {
         );
 
         let (network, nodes) = (network?, nodes?);
-        let api_endpoint = match api_endpoint {
-            Some(ep) => ep,
-            None => nodes.iter().find(|n| n.init)?.ip.to_string(),
+        let join = join?;
+        let api_endpoint = match (api_endpoint, &join) {
+            (Some(ep), _) => ep,
+            (None, Some(url)) => join_host(url).to_string(),
+            (None, None) => nodes.iter().find(|n| n.init)?.ip.to_string(),
         };
         Some(Cluster {
             path: path.to_path_buf(),
@@ -276,12 +393,64 @@ impl Builder<'_, '_> {
             k3s: k3s?,
             api_endpoint,
             tls_san,
+            join,
             image: image?,
             network,
             access: access?,
             nodes,
             platform: platform?,
+            sample_key,
         })
+    }
+
+    /// `join`: `https://<host>:<port>` of an existing cluster. `Some(None)` when absent.
+    fn join(&mut self, c: &RawCluster) -> Option<Option<String>> {
+        let Some(j) = &c.join else {
+            return Some(None);
+        };
+        let v = j.get_ref().trim_end_matches('/');
+        let host_ok = |h: &str| host_or_ip(h).is_ok();
+        let ok = v
+            .strip_prefix("https://")
+            .and_then(|rest| rest.rsplit_once(':'))
+            .is_some_and(|(host, port)| host_ok(host) && port.parse::<u16>().is_ok_and(|p| p > 0));
+        self.check(
+            j,
+            "cluster.join",
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("\"{v}\" is not an https://host:port URL"))
+            },
+            Some("give the existing cluster's API address, e.g. join = \"https://k3s.lan:6443\" (K3s only accepts https)"),
+        )
+        .then(|| Some(v.to_string()))
+    }
+
+    /// An IPv4 `api_endpoint` must be a server of this file (agents do not
+    /// answer on :6443), unless the nodes join a cluster described elsewhere.
+    fn api_endpoint_is_a_server(&mut self, ep: &Spanned<String>, nodes: &[Node], join: bool) {
+        let Ok(ip) = ep.get_ref().parse::<Ipv4Addr>() else {
+            return;
+        };
+        if join {
+            return;
+        }
+        if let Some(n) = nodes.iter().find(|n| n.ip == ip && n.role == Role::Agent) {
+            self.bad(
+                ep,
+                "cluster.api_endpoint",
+                format!("{ip} is the address of agent {}, which does not serve the Kubernetes API", n.name),
+                Some("use a server's IP, a DNS name or VIP that reaches the servers, or leave the key out (the first server's IP)"),
+            );
+        } else if !nodes.iter().any(|n| n.ip == ip) {
+            self.bad(
+                ep,
+                "cluster.api_endpoint",
+                format!("{ip} is not the address of any server in this file"),
+                Some("use a server's IP, or a DNS name or VIP that reaches the servers; to join a cluster described elsewhere, set `join`"),
+            );
+        }
     }
 
     #[allow(clippy::type_complexity)]
@@ -335,11 +504,10 @@ impl Builder<'_, '_> {
         };
         let api_endpoint = c.api_endpoint.as_ref().and_then(|ep| {
             let v = ep.get_ref();
-            let ok = v.parse::<Ipv4Addr>().is_ok() || v.split('.').all(|l| checks::hostname(l).is_ok());
             self.check(
                 ep,
                 "cluster.api_endpoint",
-                if ok { Ok(()) } else { Err(format!("\"{v}\" is neither an IPv4 address nor a DNS name")) },
+                host_or_ip(v),
                 Some("use the first server's IP (the default when the key is left out) or a DNS name that resolves to a server"),
             )
             .then(|| v.clone())
@@ -347,17 +515,11 @@ impl Builder<'_, '_> {
         let mut tls_san = Vec::new();
         for (i, san) in c.tls_san.iter().enumerate() {
             let v = san.get_ref();
-            let ok =
-                v.parse::<Ipv4Addr>().is_ok() || v.split('.').all(|l| checks::hostname(l).is_ok());
             if self.check(
                 san,
                 &format!("cluster.tls_san[{i}]"),
-                if ok {
-                    Ok(())
-                } else {
-                    Err(format!("\"{v}\" is neither an IPv4 address nor a DNS name"))
-                },
-                None,
+                host_or_ip(v),
+                Some("give an IPv4 address such as 192.168.0.120 or a DNS name such as k3s.lan"),
             ) {
                 tls_san.push(v.clone());
             }
@@ -512,11 +674,15 @@ impl Builder<'_, '_> {
         };
         let mut extra_kernel_args = Vec::new();
         for (i, a) in img.extra_kernel_args.iter().enumerate() {
+            // Raspberry Pi OS's own consoles (DESIGN.md, cmdline.txt) and the
+            // arguments given before this one.
+            let mut existing: Vec<&str> = PIOS_CONSOLES.to_vec();
+            existing.extend(extra_kernel_args.iter().map(String::as_str));
             if self.check(
                 a,
                 &format!("image.extra_kernel_args[{i}]"),
-                checks::kernel_arg(a.get_ref()),
-                None,
+                checks::kernel_arg(a.get_ref(), &existing),
+                Some("give one plain argument such as usbcore.autosuspend=-1; picluster sets root, init, systemd.*, cgroup and console arguments itself"),
             ) {
                 extra_kernel_args.push(a.get_ref().clone());
             } else {
@@ -620,7 +786,7 @@ impl Builder<'_, '_> {
             &raw.user,
             "access.user",
             checks::username(raw.user.get_ref()),
-            None,
+            Some("choose a personal administrator name such as alice; stage 1 renames Raspberry Pi OS's first user (uid 1000) to it"),
         );
         let mut keys = Vec::new();
         let mut ok = user_ok;
@@ -644,7 +810,7 @@ impl Builder<'_, '_> {
                     h,
                     "access.password_hash",
                     checks::password_hash(h.get_ref()),
-                    None,
+                    Some("paste the whole output of `openssl passwd -6` or `mkpasswd -m yescrypt`, or remove the key for a keys-only account"),
                 ) {
                     Some(h.get_ref().clone())
                 } else {
@@ -662,14 +828,21 @@ impl Builder<'_, '_> {
             );
             ok = false;
         }
+        let user_at = Some(self.src.line_col(raw.user.span().start));
         ok.then(|| Access {
+            user_at,
             user: raw.user.get_ref().clone(),
             ssh_authorized_keys: keys,
             password_hash,
         })
     }
 
-    fn nodes(&mut self, raw: &[Spanned<RawNode>], net: Option<&Network>) -> Option<Vec<Node>> {
+    fn nodes(
+        &mut self,
+        raw: &[Spanned<RawNode>],
+        net: Option<&Network>,
+        join: bool,
+    ) -> Option<Vec<Node>> {
         if raw.is_empty() {
             self.src.report(
                 None,
@@ -787,8 +960,15 @@ impl Builder<'_, '_> {
             let mut labels = BTreeMap::new();
             if let Some(l) = &n.labels {
                 for (k, v) in l.get_ref() {
-                    let res = checks::label_key(k).and_then(|()| checks::label_value(v));
-                    if self.check(l, &format!("nodes[{i}].labels.{k}"), res, None) {
+                    let res = checks::node_label_key(k).and_then(|()| checks::label_value(v));
+                    let hint = (checks::label_key(k).is_ok() && checks::node_label_key(k).is_err())
+                        .then(|| {
+                            format!(
+                                "apply it once the node has joined: kubectl label node {} {k}={v}",
+                                name
+                            )
+                        });
+                    if self.check(l, &format!("nodes[{i}].labels.{k}"), res, hint.as_deref()) {
                         labels.insert(k.clone(), v.clone());
                     } else {
                         node_ok = false;
@@ -816,7 +996,8 @@ impl Builder<'_, '_> {
                     media,
                     labels,
                     taints,
-                    init: Some(i) == first_server,
+                    // Joining a cluster described elsewhere: nobody initialises one.
+                    init: !join && Some(i) == first_server,
                 }),
                 _ => ok = false,
             }
@@ -825,15 +1006,17 @@ impl Builder<'_, '_> {
             .iter()
             .filter(|n| n.get_ref().role.get_ref() == "server")
             .count();
-        if servers == 0 {
+        if servers == 0 && join {
+            // Agents joining an existing control plane (the seed layout).
+        } else if servers == 0 {
             self.src.report(
                 Some(raw[0].span()),
                 "nodes",
                 "no node has role = \"server\"",
-                Some("make the first node a server; it initialises the cluster".into()),
+                Some("make the first node a server (it initialises the cluster), or set `join` to join an existing cluster".into()),
             );
             ok = false;
-        } else if servers % 2 == 0 {
+        } else if servers % 2 == 0 && !join {
             let last = raw
                 .iter()
                 .rev()

@@ -16,12 +16,12 @@ use crate::platform::{self, Component};
 use crate::secrets::Secrets;
 
 /// Arguments that stay on the kernel command line for good: K3s needs the
-/// memory cgroup (`cgroup_memory=1` for older kernels).
+/// memory cgroup, which the Pi firmware disables by prepending
+/// `cgroup_disable=memory`; `cgroup_enable=memory` overrides it.
+/// `cgroup_memory=1` is not added: it only meant something for cgroup v1 and
+/// 6.12 Pi kernels log it as unknown (raspberrypi/linux #6980).
 pub fn persistent_kernel_args(cluster: &Cluster) -> Vec<String> {
-    let mut args = vec![
-        "cgroup_enable=memory".to_string(),
-        "cgroup_memory=1".to_string(),
-    ];
+    let mut args = vec!["cgroup_enable=memory".to_string()];
     args.extend(cluster.image.extra_kernel_args.iter().cloned());
     args
 }
@@ -44,6 +44,12 @@ pub fn added_kernel_args(cluster: &Cluster) -> Vec<String> {
     args.extend(stage1_kernel_args());
     args
 }
+
+/// Where the teardown script goes (install.sh's `KILLALL_K3S_SH`).
+pub const KILLALL_SCRIPT: &str = "/usr/local/bin/k3s-killall.sh";
+const KILLALL: &str = include_str!("scripts/k3s-killall.sh");
+/// `{{SERVICE}}` is `k3s` or `k3s-agent`.
+const UNINSTALL: &str = include_str!("scripts/k3s-uninstall.sh");
 
 /// Build-time facts that are not in the cluster file.
 #[derive(Debug, Clone)]
@@ -68,7 +74,8 @@ pub fn render_node(
     node: &Node,
     inputs: &RenderInputs,
 ) -> Result<(NodeBundle, NodeSecrets), Error> {
-    let server_url = format!("https://{}:6443", cluster.api_endpoint);
+    let server_url = join_url(cluster);
+    let tokens = Tokens::for_node(cluster, secrets, node)?;
     let identity = NodeIdentity {
         name: node.name.clone(),
         role: node.role,
@@ -82,6 +89,7 @@ pub fn render_node(
         labels: node.labels.clone(),
         taints: node.taints.clone(),
         server_url,
+        registration_urls: cluster.registration_urls(&node.name),
         other_servers: cluster
             .servers()
             .filter(|s| s.name != node.name)
@@ -152,13 +160,29 @@ pub fn render_node(
         Phase::BeforeK3s,
         String::new(),
     ));
+    // KillMode=process leaves containers running when the unit stops; K3s
+    // documents tearing a node down with these two scripts, which its
+    // install.sh writes (checked against k3s install.sh, create_killall and
+    // create_uninstall). Ours do the same work and are our own text.
+    files.push(FileSpec::root(
+        KILLALL_SCRIPT,
+        0o755,
+        Phase::BeforeK3s,
+        KILLALL.to_string(),
+    ));
+    files.push(FileSpec::root(
+        &format!("/usr/local/bin/{service}-uninstall.sh"),
+        0o755,
+        Phase::BeforeK3s,
+        UNINSTALL.replace("{{SERVICE}}", service),
+    ));
 
     let mut secret_files = vec![
         FileSpec::root(
             node_paths::K3S_CONFIG,
             0o600,
             Phase::BeforeK3s,
-            k3s_config(cluster, secrets, node),
+            k3s_config(cluster, &tokens, node),
         ),
         FileSpec::root(
             node_paths::NODE_PASSWORD,
@@ -364,34 +388,89 @@ fn yaml_list(out: &mut String, key: &str, items: &[String]) {
     }
 }
 
+/// The URL joining nodes write into config.yaml: the `join` cluster's, or
+/// `https://<api_endpoint>:6443`.
+fn join_url(cluster: &Cluster) -> String {
+    cluster
+        .join
+        .clone()
+        .unwrap_or_else(|| format!("https://{}:6443", cluster.api_endpoint))
+}
+
+/// The tokens a node's config.yaml carries. Agents carry only an agent token.
+struct Tokens<'a> {
+    token: &'a str,
+    /// Servers of a cluster this file creates set the agent token for everyone.
+    agent_token: Option<&'a str>,
+}
+
+impl<'a> Tokens<'a> {
+    fn for_node(cluster: &Cluster, secrets: &'a Secrets, node: &Node) -> Result<Tokens<'a>, Error> {
+        if cluster.join.is_none() {
+            return Ok(match node.role {
+                Role::Server => Tokens {
+                    token: &secrets.k3s_token,
+                    agent_token: Some(&secrets.k3s_agent_token),
+                },
+                Role::Agent => Tokens {
+                    token: &secrets.k3s_agent_token,
+                    agent_token: None,
+                },
+            });
+        }
+        let (value, field, what) = match node.role {
+            Role::Server => (
+                secrets.join_server_token.as_deref(),
+                "join_server_token",
+                "the existing cluster's server token (on one of its servers: sudo cat /var/lib/rancher/k3s/server/token)",
+            ),
+            Role::Agent => (
+                secrets.join_token.as_deref(),
+                "join_token",
+                "the existing cluster's agent token (on one of its servers: sudo cat /var/lib/rancher/k3s/server/agent-token, or its node-token)",
+            ),
+        };
+        match value {
+            Some(token) => Ok(Tokens {
+                token,
+                agent_token: None,
+            }),
+            None => {
+                let path = crate::secrets::secrets_path(&cluster.path);
+                Err(Error::Invalid(vec![crate::Problem {
+                    file: path,
+                    line: None,
+                    field: field.into(),
+                    message: format!(
+                        "{} ({}) joins the cluster at {} but secrets.toml holds no {field}",
+                        node.name,
+                        node.role.as_str(),
+                        join_url(cluster)
+                    ),
+                    hint: Some(format!(
+                        "save {what} to a file and run `picluster secrets -c {} --join-token FILE` (or pipe it to `--join-token -`)",
+                        cluster.path.display()
+                    )),
+                }]))
+            }
+        }
+    }
+}
+
 /// `/etc/rancher/k3s/config.yaml` by role. Agents carry only the agent token.
-fn k3s_config(cluster: &Cluster, secrets: &Secrets, node: &Node) -> String {
+fn k3s_config(cluster: &Cluster, tokens: &Tokens, node: &Node) -> String {
     let mut y = format!(
         "# Written by picluster for {} (cluster \"{}\"). Rebuild the image to change it.\n",
         node.name, cluster.name
     );
-    match node.role {
-        Role::Server => {
-            let _ = writeln!(y, "token: {}", yaml_str(&secrets.k3s_token));
-            let _ = writeln!(y, "agent-token: {}", yaml_str(&secrets.k3s_agent_token));
-            if node.init {
-                y.push_str("cluster-init: true\n");
-            } else {
-                let _ = writeln!(
-                    y,
-                    "server: {}",
-                    yaml_str(&format!("https://{}:6443", cluster.api_endpoint))
-                );
-            }
-        }
-        Role::Agent => {
-            let _ = writeln!(y, "token: {}", yaml_str(&secrets.k3s_agent_token));
-            let _ = writeln!(
-                y,
-                "server: {}",
-                yaml_str(&format!("https://{}:6443", cluster.api_endpoint))
-            );
-        }
+    let _ = writeln!(y, "token: {}", yaml_str(tokens.token));
+    if let Some(a) = tokens.agent_token {
+        let _ = writeln!(y, "agent-token: {}", yaml_str(a));
+    }
+    if node.init {
+        y.push_str("cluster-init: true\n");
+    } else {
+        let _ = writeln!(y, "server: {}", yaml_str(&join_url(cluster)));
     }
     let _ = writeln!(y, "node-name: {}", yaml_str(&node.name));
     let _ = writeln!(y, "node-ip: {}", yaml_str(&node.ip.to_string()));

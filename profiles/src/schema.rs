@@ -30,6 +30,8 @@ pub struct RawCluster {
     pub k3s_sha256: Option<Spanned<String>>,
     pub k3s_airgap_sha256: Option<Spanned<String>>,
     pub api_endpoint: Option<Spanned<String>>,
+    /// `https://host:6443` of an existing K3s cluster the nodes join.
+    pub join: Option<Spanned<String>>,
     #[serde(default)]
     pub airgap: bool,
     #[serde(default)]

@@ -27,6 +27,13 @@ pub struct Secrets {
     pub k3s_agent_token: String,
     /// Key from which every node's stable K3s node password is derived.
     pub node_secret: String,
+    /// Token of the existing cluster named by `[cluster] join`, for agents: its
+    /// agent token (`K10…::node:…`) or a plain token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    /// That cluster's server token (`K10…::server:…`): only servers carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_server_token: Option<String>,
     /// Data-platform credentials, by name (generated when components are chosen).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub platform: BTreeMap<String, String>,
@@ -39,6 +46,14 @@ impl std::fmt::Debug for Secrets {
             .field("k3s_token", &"<redacted>")
             .field("k3s_agent_token", &"<redacted>")
             .field("node_secret", &"<redacted>")
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "join_server_token",
+                &self.join_server_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("platform", &self.platform.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -67,6 +82,8 @@ impl Secrets {
             k3s_token: random_hex(32)?,
             k3s_agent_token: random_hex(32)?,
             node_secret: random_hex(32)?,
+            join_token: None,
+            join_server_token: None,
             platform: BTreeMap::new(),
         })
     }
@@ -147,6 +164,34 @@ impl Secrets {
                 }
             }
         }
+        if let Some(s) = &secrets {
+            for (field, value) in [
+                ("join_token", &s.join_token),
+                ("join_server_token", &s.join_server_token),
+            ] {
+                let Some(v) = value else { continue };
+                let span = text.find(&format!("{field} ")).map(|i| i..i + field.len());
+                let kind = JoinToken::parse(v);
+                let wrong = match (&kind, field) {
+                    (Err(e), _) => Some(e.clone()),
+                    (Ok(JoinToken::Server), "join_token") => {
+                        Some("holds a server token (::server:); agents must never carry it".into())
+                    }
+                    (Ok(JoinToken::Agent), "join_server_token") => {
+                        Some("holds an agent token (::node:); servers need the server token".into())
+                    }
+                    _ => None,
+                };
+                if let Some(msg) = wrong {
+                    src.report(
+                        span,
+                        field,
+                        msg,
+                        Some("store the token with `picluster secrets --join-token FILE` (or `-` for stdin)".into()),
+                    );
+                }
+            }
+        }
         src.finish()?;
         Ok(secrets.expect("parsed when no problem was reported"))
     }
@@ -223,6 +268,23 @@ impl Secrets {
         )
     }
 
+    /// Store the token of the cluster `[cluster] join` names, by its kind:
+    /// a server token in `join_server_token`, anything else in `join_token`.
+    /// Returns the field it went to.
+    pub fn set_join_token(&mut self, token: &str) -> Result<&'static str, String> {
+        let token = token.trim();
+        match JoinToken::parse(token)? {
+            JoinToken::Server => {
+                self.join_server_token = Some(token.to_string());
+                Ok("join_server_token")
+            }
+            JoinToken::Agent | JoinToken::Plain => {
+                self.join_token = Some(token.to_string());
+                Ok("join_token")
+            }
+        }
+    }
+
     /// The K3s node password of `node`: stable across re-flashes, different per node.
     pub fn node_password(&self, node: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.node_secret.as_bytes())
@@ -230,6 +292,64 @@ impl Secrets {
         mac.update(b"picluster k3s node password\0");
         mac.update(node.as_bytes());
         hex(&mac.finalize().into_bytes())
+    }
+}
+
+/// The kinds of K3s join token (k3s `pkg/clientaccess/token.go`, `parseToken`:
+/// `K10` + an empty or 64-hex CA hash + `::` + `user:password` or a bootstrap
+/// token `[a-z0-9]{6}.[a-z0-9]{16}`; anything without the `K10` prefix is a
+/// bare password).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinToken {
+    /// `K10…::server:…`: joins servers (and agents).
+    Server,
+    /// `K10…::node:…` or a bootstrap token: joins agents only.
+    Agent,
+    /// A bare token: whatever the cluster was started with.
+    Plain,
+}
+
+impl JoinToken {
+    pub fn parse(token: &str) -> Result<JoinToken, String> {
+        if token.is_empty() {
+            return Err("the token is empty".into());
+        }
+        if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "the token holds {c:?}; copy it exactly from the server (sudo cat /var/lib/rancher/k3s/server/token)"
+            ));
+        }
+        let Some(rest) = token.strip_prefix("K10") else {
+            return Ok(JoinToken::Plain);
+        };
+        let Some((hash, creds)) = rest.split_once("::") else {
+            return Err("a K10 token must read K10<CA hash>::<user>:<password>".into());
+        };
+        if !(hash.is_empty() || (hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit()))) {
+            return Err(format!(
+                "the CA hash of a K10 token is 64 hexadecimal characters, this one has {}",
+                hash.len()
+            ));
+        }
+        let bootstrap = creds.split_once('.').is_some_and(|(id, secret)| {
+            let ok = |s: &str, n| {
+                s.len() == n
+                    && s.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            };
+            ok(id, 6) && ok(secret, 16)
+        });
+        if bootstrap {
+            return Ok(JoinToken::Agent);
+        }
+        match creds.split_once(':') {
+            Some(("server", pw)) if !pw.is_empty() => Ok(JoinToken::Server),
+            Some(("node", pw)) if !pw.is_empty() => Ok(JoinToken::Agent),
+            Some((user, pw)) if !pw.is_empty() && !user.is_empty() => Err(format!(
+                "a K10 token names user \"server\" or \"node\", this one \"{user}\""
+            )),
+            _ => Err("a K10 token ends in ::server:<password> or ::node:<password>".into()),
+        }
     }
 }
 
@@ -307,6 +427,59 @@ mod tests {
             "no temporary file left"
         );
         assert!(!format!("{s:?}").contains(&before["nifi-password"]));
+    }
+
+    #[test]
+    fn join_tokens_are_told_apart_and_validated() {
+        let hash = "a".repeat(64);
+        assert_eq!(
+            JoinToken::parse(&format!("K10{hash}::server:s3cret")),
+            Ok(JoinToken::Server)
+        );
+        assert_eq!(
+            JoinToken::parse(&format!("K10{hash}::node:s3cret")),
+            Ok(JoinToken::Agent)
+        );
+        assert_eq!(
+            JoinToken::parse("K10::abcdef.0123456789abcdef"),
+            Ok(JoinToken::Agent)
+        );
+        assert_eq!(JoinToken::parse("mytoken"), Ok(JoinToken::Plain));
+        assert!(JoinToken::parse("K10abc::server:x").is_err());
+        assert!(JoinToken::parse(&format!("K10{hash}::server:")).is_err());
+        assert!(JoinToken::parse(&format!("K10{hash}::admin:x")).is_err());
+        assert!(JoinToken::parse("two words").is_err());
+        assert!(JoinToken::parse("").is_err());
+
+        let mut s = Secrets::generate().unwrap();
+        assert_eq!(s.set_join_token("plain-token\n"), Ok("join_token"));
+        assert_eq!(s.join_token.as_deref(), Some("plain-token"));
+        let server = format!("K10{hash}::server:s3cret");
+        assert_eq!(s.set_join_token(&server), Ok("join_server_token"));
+        assert!(!format!("{s:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_server_token_stored_as_the_agent_join_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = dir.path().join("cluster.toml");
+        let path = secrets_path(&cluster);
+        let mut s = Secrets::generate().unwrap();
+        s.join_token = Some(format!("K10{}::server:s3cret", "b".repeat(64)));
+        s.write_new(&path, "x").unwrap();
+        let msg = Secrets::load_for(&cluster).unwrap_err().to_string();
+        let line = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .position(|l| l.starts_with("join_token"))
+            .unwrap()
+            + 1;
+        assert!(
+            msg.contains(&format!("secrets.toml:{line}:"))
+                && msg.contains("join_token: holds a server token")
+                && msg.contains("fix: store the token with `picluster secrets --join-token"),
+            "{msg}"
+        );
     }
 
     #[test]

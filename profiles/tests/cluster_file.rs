@@ -359,3 +359,427 @@ fn plain_http_sources_need_pinned_digests() {
         .is_ok()
     );
 }
+
+/// The message names the file, the line of `needle`, the field and a fix.
+fn expect_at(text: &str, needle: &str, field: &str, wanted: &[&str]) -> String {
+    let msg = expect_err(text, wanted);
+    let line = line_of(text, needle);
+    assert!(
+        msg.contains(&format!("cluster.toml:{line}:")),
+        "no line {line}:\n{msg}"
+    );
+    assert!(msg.contains(&format!("{field}: ")), "no {field}:\n{msg}");
+    assert!(msg.contains("\n  fix: "), "no fix:\n{msg}");
+    msg
+}
+
+#[test]
+fn kubelet_refused_labels_are_errors_with_the_kubectl_fix() {
+    // kubernetes v1.33 cmd/kubelet/app/options/options.go ValidateKubeletFlags:
+    // the kubelet does not start with such a label on --node-labels.
+    for key in [
+        "node-role.kubernetes.io/worker",
+        "node-role.kubernetes.io/storage",
+        "app.kubernetes.io/name",
+        "example.k8s.io/x",
+    ] {
+        let text = sample_with(
+            "\"picluster.io/workload\" = \"control\"",
+            &format!("\"{key}\" = \"true\""),
+        );
+        let msg = expect_at(
+            &text,
+            key,
+            &format!("nodes[0].labels.{key}"),
+            &[
+                "--node-labels",
+                &format!("kubectl label node pi-master {key}=true"),
+            ],
+        );
+        assert_eq!(msg.matches("fix:").count(), 1, "{msg}");
+    }
+    for key in [
+        "node.kubernetes.io/pool",
+        "topology.kubernetes.io/zone",
+        "picluster.io/workload",
+    ] {
+        let text = sample_with(
+            "\"picluster.io/workload\" = \"control\"",
+            &format!("\"{key}\" = \"a\""),
+        );
+        parse(&text).unwrap_or_else(|e| panic!("{key}: {e}"));
+    }
+}
+
+#[test]
+fn api_endpoint_must_reach_a_server() {
+    let agent = sample_with(
+        "# api_endpoint = \"192.168.0.120\"",
+        "api_endpoint = \"192.168.0.121\"",
+    );
+    expect_at(
+        &agent,
+        "api_endpoint",
+        "cluster.api_endpoint",
+        &["192.168.0.121 is the address of agent pi-worker-1"],
+    );
+    let nobody = sample_with(
+        "# api_endpoint = \"192.168.0.120\"",
+        "api_endpoint = \"192.168.0.99\"",
+    );
+    expect_at(
+        &nobody,
+        "api_endpoint",
+        "cluster.api_endpoint",
+        &["not the address of any server"],
+    );
+    let numeric = sample_with(
+        "# api_endpoint = \"192.168.0.120\"",
+        "api_endpoint = \"999.1.1.1\"",
+    );
+    expect_at(
+        &numeric,
+        "api_endpoint",
+        "cluster.api_endpoint",
+        &["\"999.1.1.1\" is not a valid IPv4 address"],
+    );
+    let dns = sample_with(
+        "# api_endpoint = \"192.168.0.120\"",
+        "api_endpoint = \"k3s.lan\"",
+    );
+    assert_eq!(parse(&dns).unwrap().api_endpoint, "k3s.lan");
+}
+
+#[test]
+fn system_accounts_are_refused_as_the_admin_user() {
+    // Debian base-passwd 3.6 passwd.master/group.master, plus package accounts.
+    for user in [
+        "www-data",
+        "proxy",
+        "root",
+        "systemd-timesync",
+        "sshd",
+        "gpio",
+    ] {
+        let text = sample_with("user = \"pi\"", &format!("user = \"{user}\""));
+        expect_at(
+            &text,
+            &format!("user = \"{user}\""),
+            "access.user",
+            &["system account or group"],
+        );
+    }
+    // adduser's NAME_REGEX wants a leading letter, which also keeps out `_apt`.
+    let text = sample_with("user = \"pi\"", "user = \"_apt\"");
+    expect_at(
+        &text,
+        "user = \"_apt\"",
+        "access.user",
+        &["not a valid user name"],
+    );
+}
+
+#[test]
+fn kernel_args_stage1_depends_on_are_refused() {
+    for (arg, why) in [
+        ("\\\"", "holds a '\"'"),
+        ("systemd.unit=rescue.target", "sets systemd.unit"),
+        ("systemd.run=/bin/sh", "sets systemd.run"),
+        ("init=/bin/sh", "sets init"),
+        ("root=/dev/sda2", "sets root"),
+        ("console=tty1", "already on Raspberry Pi OS's command line"),
+    ] {
+        let text = sample_with(
+            "# extra_kernel_args = []",
+            &format!("extra_kernel_args = [\"{arg}\"]"),
+        );
+        expect_at(
+            &text,
+            "extra_kernel_args =",
+            "image.extra_kernel_args[0]",
+            &[why],
+        );
+    }
+    let ok = sample_with(
+        "# extra_kernel_args = []",
+        "extra_kernel_args = [\"usbcore.autosuspend=-1\", \"console=ttyAMA10,115200\"]",
+    );
+    parse(&ok).unwrap();
+}
+
+#[test]
+fn malformed_crypt_hashes_are_refused() {
+    for hash in ["$6$$", "$6$abc$!!!!", "$y$j9T$$", "$5$salt$short"] {
+        let text = sample_with(
+            "# password_hash = \"$6$…\"",
+            &format!("password_hash = \"{hash}\""),
+        );
+        expect_at(
+            &text,
+            "password_hash =",
+            "access.password_hash",
+            &["malformed crypt hash", "openssl passwd -6"],
+        );
+    }
+}
+
+#[test]
+fn the_sample_key_parses_but_plan_and_build_refuse_it() {
+    let c = parse(SAMPLE_CLUSTER).unwrap();
+    let msg = c.refuse_sample_key().unwrap_err().to_string();
+    let line = line_of(SAMPLE_CLUSTER, "example@picluster");
+    assert!(
+        msg.starts_with(&format!("cluster.toml:{line}:"))
+            && msg.contains("access.ssh_authorized_keys: this is the example key")
+            && msg.contains("fix: put your own public key here"),
+        "{msg}"
+    );
+    let own = sample_with(
+        picluster_profiles::SAMPLE_SSH_KEY,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAY6kRfOp9z+7vh4YP9lIZNJ7Ul58UKL/YKalSULXWUA me@laptop",
+    );
+    parse(&own).unwrap().refuse_sample_key().unwrap();
+}
+
+/// The sample turned into agents joining a control plane described elsewhere.
+fn join_cluster() -> String {
+    sample_with(
+        "# api_endpoint = \"192.168.0.120\"",
+        "join = \"https://k3s.lan:6443\"",
+    )
+    .replacen("role = \"server\"", "role = \"agent\"", 1)
+}
+
+#[test]
+fn join_allows_agents_only_files() {
+    let c = parse(&join_cluster()).unwrap();
+    assert_eq!(c.join.as_deref(), Some("https://k3s.lan:6443"));
+    assert_eq!(c.api_endpoint, "k3s.lan");
+    assert!(c.nodes.iter().all(|n| n.role == Role::Agent && !n.init));
+    assert_eq!(
+        c.registration_urls("pi-worker-1"),
+        vec!["https://k3s.lan:6443".to_string()]
+    );
+    let bad = join_cluster().replace("https://k3s.lan:6443", "k3s.lan");
+    expect_at(
+        &bad,
+        "join =",
+        "cluster.join",
+        &["not an https://host:port URL"],
+    );
+}
+
+#[test]
+fn registration_tries_every_server_in_order() {
+    let text = SAMPLE_CLUSTER
+        .replacen(
+            "name = \"pi-worker-1\"\nip = \"192.168.0.121\"\nrole = \"agent\"",
+            "name = \"pi-worker-1\"\nip = \"192.168.0.121\"\nrole = \"server\"",
+            1,
+        )
+        .replacen(
+            "name = \"pi-worker-2\"\nip = \"192.168.0.122\"\nrole = \"agent\"",
+            "name = \"pi-worker-2\"\nip = \"192.168.0.122\"\nrole = \"server\"",
+            1,
+        );
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.registration_urls("pi-worker-3"),
+        [
+            "https://192.168.0.120:6443",
+            "https://192.168.0.121:6443",
+            "https://192.168.0.122:6443"
+        ]
+    );
+    assert_eq!(
+        c.registration_urls("pi-worker-1"),
+        ["https://192.168.0.120:6443", "https://192.168.0.122:6443"]
+    );
+}
+
+fn render_inputs() -> picluster_profiles::render::RenderInputs {
+    picluster_profiles::render::RenderInputs {
+        built_at: 0,
+        picluster_version: "0".into(),
+        k3s_binary: picluster_profiles::bundle::BootAsset {
+            file: "k3s-arm64".into(),
+            sha256: "0".repeat(64),
+            size: 1,
+        },
+        k3s_airgap: None,
+    }
+}
+
+fn config_yaml(s: &picluster_profiles::NodeSecrets) -> String {
+    s.files
+        .iter()
+        .find(|f| f.path == "/etc/rancher/k3s/config.yaml")
+        .expect("config.yaml rendered")
+        .content
+        .clone()
+}
+
+#[test]
+fn a_join_cluster_renders_agents_pointing_at_the_join_url_with_the_join_token() {
+    use picluster_profiles::render::render_node;
+    let c = parse(&join_cluster()).unwrap();
+    let mut secrets = picluster_profiles::Secrets::generate().unwrap();
+    secrets.fill_platform(&c.platform).unwrap();
+    // Without the join token nothing renders, and the message says how to add it.
+    let err = render_node(&c, &secrets, &c.nodes[0], &render_inputs())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("./secrets.toml: join_token: pi-master (agent) joins the cluster at https://k3s.lan:6443")
+            && err.contains("fix: save the existing cluster's agent token")
+            && err.contains("--join-token FILE"),
+        "{err}"
+    );
+    let token = format!("K10{}::node:0123456789abcdef", "c".repeat(64));
+    assert_eq!(secrets.set_join_token(&token), Ok("join_token"));
+    for node in &c.nodes {
+        let (bundle, s) = render_node(&c, &secrets, node, &render_inputs()).unwrap();
+        let y = config_yaml(&s);
+        assert!(
+            y.contains(&format!("token: \"{token}\"\n")),
+            "{}: {y}",
+            node.name
+        );
+        assert!(y.contains("server: \"https://k3s.lan:6443\"\n"), "{y}");
+        assert!(
+            !y.contains("cluster-init") && !y.contains("agent-token"),
+            "{y}"
+        );
+        assert!(!y.contains(&secrets.k3s_token) && !y.contains(&secrets.k3s_agent_token));
+        assert_eq!(bundle.node.server_url, "https://k3s.lan:6443");
+        assert_eq!(bundle.node.registration_urls, ["https://k3s.lan:6443"]);
+    }
+}
+
+#[test]
+fn servers_join_an_existing_cluster_only_with_its_server_token() {
+    use picluster_profiles::render::render_node;
+    let text = sample_with(
+        "# api_endpoint = \"192.168.0.120\"",
+        "join = \"https://10.0.0.5:6443\"",
+    );
+    let c = parse(&text).unwrap();
+    assert!(c.nodes.iter().all(|n| !n.init));
+    let mut secrets = picluster_profiles::Secrets::generate().unwrap();
+    secrets.fill_platform(&c.platform).unwrap();
+    secrets.set_join_token("agent-plain-token").unwrap();
+    let err = render_node(&c, &secrets, &c.nodes[0], &render_inputs())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("join_server_token: pi-master (server) joins")
+            && err.contains("/var/lib/rancher/k3s/server/token"),
+        "{err}"
+    );
+    let server = format!("K10{}::server:s3cret", "d".repeat(64));
+    secrets.set_join_token(&server).unwrap();
+    let (_, s) = render_node(&c, &secrets, &c.nodes[0], &render_inputs()).unwrap();
+    let y = config_yaml(&s);
+    assert!(
+        y.contains(&format!(
+            "token: \"{server}\"\nserver: \"https://10.0.0.5:6443\"\n"
+        )),
+        "{y}"
+    );
+    let (_, s) = render_node(&c, &secrets, &c.nodes[1], &render_inputs()).unwrap();
+    let y = config_yaml(&s);
+    assert!(
+        y.contains("token: \"agent-plain-token\"\n") && !y.contains("s3cret"),
+        "{y}"
+    );
+}
+
+#[test]
+fn a_name_the_base_image_uses_below_uid_1000_is_refused() {
+    let text = sample_with("user = \"pi\"", "user = \"alice\"");
+    let c = parse(&text).unwrap();
+    // As the builder reads them from the image's /etc/passwd and /etc/group.
+    let system = [("root".to_string(), 0), ("alice".to_string(), 998)];
+    let msg = c
+        .refuse_base_account(&system, "Debian GNU/Linux 12 (bookworm)")
+        .unwrap_err()
+        .to_string();
+    let line = line_of(&text, "user = \"alice\"");
+    assert!(
+        msg.starts_with(&format!("cluster.toml:{line}:"))
+            && msg.contains("access.user: \"alice\" is a system account or group (id 998)")
+            && msg.contains("fix: choose a personal administrator name"),
+        "{msg}"
+    );
+    c.refuse_base_account(&system[..1], "x").unwrap();
+}
+
+#[test]
+fn teardown_scripts_are_rendered_per_role_and_pass_bash_n_and_shellcheck() {
+    use picluster_profiles::render::render_node;
+    let c = parse(SAMPLE_CLUSTER).unwrap();
+    let mut secrets = picluster_profiles::Secrets::generate().unwrap();
+    secrets.fill_platform(&c.platform).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (node, uninstall) in [
+        ("pi-master", "/usr/local/bin/k3s-uninstall.sh"),
+        ("pi-worker-1", "/usr/local/bin/k3s-agent-uninstall.sh"),
+    ] {
+        let n = c.node(node).unwrap();
+        let (bundle, _) = render_node(&c, &secrets, n, &render_inputs()).unwrap();
+        for path in ["/usr/local/bin/k3s-killall.sh", uninstall] {
+            let f = bundle
+                .files
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap_or_else(|| panic!("{node}: no {path}"));
+            assert_eq!(f.mode.0, 0o755);
+            assert_eq!(f.phase, picluster_profiles::Phase::BeforeK3s);
+            assert!(!f.content.contains("{{"), "{path}: placeholder left");
+            let file = dir
+                .path()
+                .join(format!("{node}-{}", path.rsplit('/').next().unwrap()));
+            std::fs::write(&file, &f.content).unwrap();
+            let out = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "bash -n {path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            match std::process::Command::new("shellcheck")
+                .args(["-s", "sh"])
+                .arg(&file)
+                .output()
+            {
+                Ok(out) => assert!(
+                    out.status.success(),
+                    "shellcheck {path}:\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                ),
+                Err(e) => {
+                    panic!("shellcheck is needed for this test (apt-get install shellcheck): {e}")
+                }
+            }
+        }
+        let service = if node == "pi-master" {
+            "k3s"
+        } else {
+            "k3s-agent"
+        };
+        let un = &bundle
+            .files
+            .iter()
+            .find(|f| f.path == uninstall)
+            .unwrap()
+            .content;
+        assert!(
+            un.contains(&format!("systemctl disable {service}.service\n")),
+            "{un}"
+        );
+        assert!(un.contains("/usr/local/bin/k3s-killall.sh\n"));
+    }
+}

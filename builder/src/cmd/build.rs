@@ -71,6 +71,7 @@ pub struct Inputs {
 /// they are saved (existing values never change), else they live in memory only.
 pub fn load_inputs(config: &Path, persist: bool) -> Result<Inputs> {
     let cluster = Cluster::load(config)?;
+    cluster.refuse_sample_key()?;
     let mut secrets = Secrets::load_for(config)?;
     let added = secrets.fill_platform(&cluster.platform)?;
     if persist && !added.is_empty() {
@@ -241,6 +242,7 @@ pub fn prepare(
         .context("cannot obtain the base image")?;
     let base = base::inspect(&obtained.raw)?;
     base.validate()?;
+    cluster.refuse_base_account(&base.rootfs.system_names, base.rootfs.pretty_name())?;
     progress::step(format!(
         "base: {} ({}, {} cache)",
         obtained.source_name,

@@ -24,6 +24,24 @@ pub struct SecretsArgs {
     /// The cluster file; secrets.toml is created beside it.
     #[arg(short, long, default_value = "cluster.toml")]
     pub config: PathBuf,
+    /// Store the token of the cluster `[cluster] join` names, read from FILE
+    /// (or `-`: standard input), never from the command line: a
+    /// `K10…::server:…` server token, or an agent (`::node:`) or plain token.
+    #[arg(long, value_name = "FILE|-")]
+    pub join_token: Option<PathBuf>,
+}
+
+/// The join token from a file or standard input, trimmed.
+fn read_join_token(from: &Path) -> Result<String> {
+    let text = if from == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read the join token from standard input")?;
+        s
+    } else {
+        fs::read_to_string(from).with_context(|| format!("cannot read {}", from.display()))?
+    };
+    Ok(text.trim().to_string())
 }
 
 fn find_key(explicit: Option<&Path>) -> Result<Option<(PathBuf, String)>> {
@@ -145,9 +163,38 @@ fn write_new(path: &Path, data: &[u8]) -> Result<()> {
 pub fn secrets(args: &SecretsArgs) -> Result<()> {
     let cluster = Cluster::load(&args.config)?;
     let path = secrets_path(&args.config);
+    let join_token = args
+        .join_token
+        .as_deref()
+        .map(read_join_token)
+        .transpose()?;
+    let store_join = |s: &mut Secrets| -> Result<Option<&'static str>> {
+        let Some(t) = &join_token else {
+            return Ok(None);
+        };
+        let what = args
+            .join_token
+            .as_deref()
+            .expect("given")
+            .display()
+            .to_string();
+        let field = s
+            .set_join_token(t)
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        if cluster.join.is_none() {
+            eprintln!(
+                "warning: {} has no [cluster] join; the token is stored but unused until it names the cluster to join",
+                cluster.path.display()
+            );
+        }
+        Ok(Some(field))
+    };
     if path.exists() {
         let mut secrets = Secrets::load_for(&args.config)?;
-        let added = secrets.fill_platform(&cluster.platform)?;
+        let mut added = secrets.fill_platform(&cluster.platform)?;
+        if let Some(field) = store_join(&mut secrets)? {
+            added.push(field.to_string());
+        }
         if added.is_empty() {
             println!(
                 "{} already holds every secret the cluster needs; nothing changed",
@@ -165,6 +212,7 @@ pub fn secrets(args: &SecretsArgs) -> Result<()> {
     }
     let mut secrets = Secrets::generate()?;
     secrets.fill_platform(&cluster.platform)?;
+    store_join(&mut secrets)?;
     secrets.write_new(&path, &cluster.name)?;
     println!(
         "wrote {} (mode 0600); keep it out of git and back it up",

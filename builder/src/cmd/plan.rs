@@ -122,6 +122,9 @@ pub fn make_plan(cluster: &Cluster, secrets: &Secrets, only: &[String]) -> Resul
         .map(|(d, c)| c.base(d))
         .filter(|p| p.exists())
         .and_then(|p| base::inspect(&p).ok());
+    if let Some(b) = &cached {
+        cluster.refuse_base_account(&b.rootfs.system_names, b.rootfs.pretty_name())?;
+    }
     let agent = agent::locate(None);
     let agent_desc = match &agent {
         Ok(a) => format!("picluster-node {} ({})", a.version, a.path.display()),

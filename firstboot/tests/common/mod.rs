@@ -25,7 +25,7 @@ pub const PIOS_CMDLINE: &str = "console=serial0,115200 console=tty1 root=PARTUUI
 
 /// What stage 1 must leave: Raspberry Pi OS's first boot dropped `quiet` and
 /// `init=`, stage 1 drops its own arguments; the memory cgroup stays.
-pub const FINAL_CMDLINE: &str = "console=serial0,115200 console=tty1 root=PARTUUID=6c586e13-02 rootfstype=ext4 fsck.repair=yes rootwait cgroup_enable=memory cgroup_memory=1\n";
+pub const FINAL_CMDLINE: &str = "console=serial0,115200 console=tty1 root=PARTUUID=6c586e13-02 rootfstype=ext4 fsck.repair=yes rootwait cgroup_enable=memory\n";
 
 pub const PASSWORD_HASH: &str = "$6$rounds=5000$saltsalt$Vm3kKz0q6m7x1uS0yRrQmXe3m8dC2wqfN9cH2bR3sT4uV5wX6yZ7aB8cD9eF0gH1iJ2kL3mN4oP5qR6sT7uV8w";
 
@@ -152,6 +152,7 @@ impl Fixture {
         let secrets_json = serde_json::to_vec_pretty(&node_secrets).unwrap();
         write(&boot.join(boot_files::SECRETS), &secrets_json, 0o755);
 
+        let recorder = Arc::new(Recorder::new());
         Fixture {
             _dir: dir,
             root,
@@ -161,8 +162,9 @@ impl Fixture {
             bundle,
             node_secrets,
             secrets_json,
-            recorder: Arc::new(Recorder::new()),
-            env: Arc::new(SimulatedEnvironment::starting_at(BUILT_AT + 3600)),
+            recorder: recorder.clone(),
+            // Probes are noted in the fixture's recorder, in order.
+            env: Arc::new(SimulatedEnvironment::starting_at(BUILT_AT + 3600).recording(recorder)),
         }
     }
 
