@@ -166,6 +166,10 @@ fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
         record["outputs"][1]["sha256"].as_str().unwrap(),
         sha256_file(&out.join("pi-worker-1.img"))
     );
+    // The build lock stays for the next build: removing it could let two
+    // builds hold "the" lock at once (one on the old file, one on a new one).
+    assert!(out.join(".picluster-build.lock").is_file());
+
     // Images carry the node's secrets: owner only. What describes them is
     // public and must hold no secret (checked with stat and by content).
     let secrets_toml = std::fs::read_to_string(s.path("cluster/secrets.toml")).unwrap();
@@ -417,8 +421,8 @@ fn ctrl_c_leaves_no_half_written_image() {
     }
     run(Command::new("kill").args(["-INT", &child.id().to_string()]));
     let result = child.wait_with_output().unwrap();
-    assert!(!result.status.success());
     let err = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     let left: Vec<String> = entries(&out)
         .into_iter()

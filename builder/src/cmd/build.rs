@@ -390,8 +390,9 @@ impl Prepared {
         let mut json = serde_json::to_vec_pretty(&record)?;
         json.push(b'\n');
         atomic::write(&out.join("build.json"), &json, 0o644).context("cannot write build.json")?;
+        // The lock file stays: unlinking it while another build waits on it
+        // would let a third lock a new file while the second holds the old.
         drop(lock);
-        let _ = fs::remove_file(&lock_path);
         Ok(outputs)
     }
 
