@@ -313,6 +313,7 @@ impl Prepared {
                 out.display()
             );
         }
+        remove_stale_staging(out);
         check_space(out, &self.obtained.raw, nodes.len())?;
         let base = File::open(&self.obtained.raw)
             .with_context(|| format!("cannot open {}", self.obtained.raw.display()))?;
@@ -525,6 +526,20 @@ fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// Staging files a killed build left (`.<name>.XXXXXX.partial`): with the
+/// build lock held no other build is writing them, and each may be gigabytes.
+fn remove_stale_staging(out: &Path) {
+    let Ok(entries) = fs::read_dir(out) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".partial") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Fail early, before writing gigabytes, when the output filesystem is too small.
