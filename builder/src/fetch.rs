@@ -135,7 +135,8 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
-    #[error(transparent)]
+    /// Kept as the source (not transparent) so the exit code can find it.
+    #[error("download stopped")]
     Interrupted(#[from] interrupt::Interrupted),
 }
 

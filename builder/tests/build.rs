@@ -44,6 +44,7 @@ fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
     assert_eq!(
         names,
         [
+            ".picluster-build.lock",
             "SHA256SUMS",
             "build.json",
             "pi-master.img",

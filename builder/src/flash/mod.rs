@@ -80,10 +80,14 @@ impl FlashError {
 
 /// The process exit code for an error returned by [`run`] or [`run_image`].
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err
-        .chain()
-        .any(|e| e.downcast_ref::<crate::interrupt::Interrupted>().is_some())
-    {
+    // Ctrl-C, also where it travelled inside an io::Error (readers, copies).
+    let interrupted = |e: &(dyn std::error::Error + 'static)| {
+        e.is::<crate::interrupt::Interrupted>()
+            || e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<crate::interrupt::Interrupted>())
+    };
+    if err.chain().any(interrupted) {
         return 130;
     }
     err.chain()
@@ -386,5 +390,23 @@ fn confirm(device: &Path, yes: bool) -> Result<(), FlashError> {
             "not flashing {}: not confirmed",
             device.display()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interrupt::Interrupted;
+
+    #[test]
+    fn ctrl_c_exits_130_wherever_it_was_noticed() {
+        let direct = anyhow::Error::from(Interrupted).context("cannot build");
+        let in_io = anyhow::Error::from(std::io::Error::other(Interrupted)).context("copying");
+        let in_fetch = anyhow::Error::from(crate::fetch::FetchError::from(Interrupted));
+        let flash = anyhow::Error::from(FlashError::interrupted(Path::new("/dev/sdz")));
+        for e in [direct, in_io, in_fetch, flash] {
+            assert_eq!(exit_code(&e), 130, "{e:#}");
+        }
+        assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
     }
 }
