@@ -2,7 +2,10 @@
 //! tool and the node agent.
 //!
 //! Data flows one way: cluster file → [`Cluster`] (validated) → per node
-//! [`NodeBundle`] + [`NodeSecrets`] (rendered) → image → node.
+//! [`NodeBundle`] + [`NodeSecrets`] (rendered) → image → node. Modules import
+//! each other the same way only (`tests/module_graph.rs` names any circle):
+//! the node and network model, then the cluster with its platform selection,
+//! then secrets, then the renderers.
 
 pub mod bundle;
 pub mod catalog;
