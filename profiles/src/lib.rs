@@ -2,7 +2,10 @@
 //! tool and the node agent.
 //!
 //! Data flows one way: cluster file → [`Cluster`] (validated) → per node
-//! [`NodeBundle`] + [`NodeSecrets`] (rendered) → image → node.
+//! [`NodeBundle`] + [`NodeSecrets`] (rendered) → image → node. Modules import
+//! each other the same way only (`tests/module_graph.rs` names any circle):
+//! the node and network model, then the cluster with its platform selection,
+//! then secrets, then the renderers.
 
 pub mod bundle;
 pub mod catalog;
@@ -10,18 +13,16 @@ pub mod checks;
 pub mod cluster;
 pub mod cmdline;
 pub mod error;
+pub mod network;
+pub mod node;
 pub mod platform;
 pub mod render;
+mod sample;
 mod schema;
 pub mod secrets;
 
 pub use bundle::{FileSpec, Mode, NodeBundle, NodeSecrets, Phase};
 pub use cluster::{Cluster, Media, Node, Role};
 pub use error::{Error, Problem};
+pub use sample::{SAMPLE_CLUSTER, SAMPLE_SSH_KEY};
 pub use secrets::Secrets;
-
-/// The commented sample cluster file `picluster init` writes.
-pub const SAMPLE_CLUSTER: &str = include_str!("../examples/cluster.toml");
-
-/// The example key in [`SAMPLE_CLUSTER`], replaced by `picluster init` with the user's own.
-pub const SAMPLE_SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAY6kRfOp9z+7vh4YP9lIZNJ7Ul58UKL/YKalSULXWUA example@picluster";

@@ -195,7 +195,7 @@ pub fn render_node(
     // The first server drops the data-platform manifests into K3s's
     // auto-deploy directory once it is Ready; Secrets stay in the node secrets.
     if node.init {
-        for m in platform::manifests(cluster, secrets)? {
+        for m in platform::manifests::manifests(cluster, secrets)? {
             let (list, mode) = if m.secret {
                 (&mut secret_files, 0o600)
             } else {

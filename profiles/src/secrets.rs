@@ -15,6 +15,7 @@ use sha2::Sha256;
 use crate::cluster::hex;
 use crate::error::{Error, Source};
 use crate::platform::Platform;
+use crate::platform::credentials::secret_specs;
 
 pub const SECRETS_FILE_NAME: &str = "secrets.toml";
 
@@ -73,6 +74,20 @@ pub fn random_hex(n: usize) -> Result<String, Error> {
     let mut buf = vec![0u8; n];
     getrandom::fill(&mut buf).map_err(|e| Error::Random(e.to_string()))?;
     Ok(hex(&buf))
+}
+
+/// Fresh values for the platform secrets missing from `existing`.
+fn generate_missing(
+    platform: &Platform,
+    existing: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    for (name, bytes) in secret_specs(platform) {
+        if !existing.contains_key(name) {
+            out.push((name.to_string(), random_hex(bytes)?));
+        }
+    }
+    Ok(out)
 }
 
 impl Secrets {
@@ -223,7 +238,7 @@ impl Secrets {
     /// lacks, with fresh random values. Existing values are never changed, so
     /// re-running keeps the cluster's credentials. Returns the names added.
     pub fn fill_platform(&mut self, platform: &Platform) -> Result<Vec<String>, Error> {
-        let fresh = crate::platform::manifests::generate_missing(platform, &self.platform)?;
+        let fresh = generate_missing(platform, &self.platform)?;
         let names = fresh.iter().map(|(k, _)| k.clone()).collect();
         self.platform.extend(fresh);
         Ok(names)

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use picluster_profiles::bundle::BootAsset;
-use picluster_profiles::platform::{Component, manifests};
+use picluster_profiles::platform::Component;
+use picluster_profiles::platform::manifests::manifests;
 use picluster_profiles::render::{RenderInputs, render_node};
 use picluster_profiles::{Cluster, Phase, SAMPLE_CLUSTER, Secrets};
 

@@ -9,9 +9,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::Settings;
 use super::catalog::Component;
-use crate::cluster::{Media, Node, Role};
+use super::settings::Settings;
+use crate::node::{Media, Node, Role};
 
 /// Memory of a Raspberry Pi 5 unless `[platform] node_memory` says otherwise.
 pub const DEFAULT_NODE_MEMORY_MIB: u32 = 8192;

@@ -15,134 +15,21 @@ use serde_json::{Value, json};
 use super::budget::sizes;
 use super::catalog::{self, Chart, Component};
 use super::chart_archive::chart_tgz;
+use super::credentials::{keys, secret_specs};
+use super::settings::Settings;
 pub use super::sizing::trino_memory;
 use super::sizing::{
     NIFI_CODE_CACHE, NIFI_METASPACE, g1_region_mib, nifi_heap_mib, pg_excluded_alerts,
 };
-use super::{Platform, Settings};
-use crate::bundle::node_paths::MANIFESTS_DIR;
+pub use super::template::Manifest;
+use super::template::{fill, jstr, resources, yaml_stream};
+use super::{Platform, selftest};
 use crate::cluster::Cluster;
 use crate::error::{Error, Problem};
-use crate::secrets::{Secrets, random_hex, secrets_path};
-
-/// One file for `/var/lib/rancher/k3s/server/manifests/`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Manifest {
-    /// `None` for the platform self-test, which belongs to no one component.
-    pub component: Option<Component>,
-    /// `picluster-<component>.yaml` or `picluster-<component>-secrets.yaml`.
-    pub file_name: String,
-    pub content: String,
-    /// Holds Kubernetes Secrets: node secrets only, never the public bundle.
-    pub secret: bool,
-}
-
-impl std::fmt::Debug for Manifest {
-    // Secret manifests hold credentials: show their size only.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manifest")
-            .field("file_name", &self.file_name)
-            .field("secret", &self.secret)
-            .field("bytes", &self.content.len())
-            .finish()
-    }
-}
-
-impl Manifest {
-    /// Absolute path on the first server.
-    pub fn path(&self) -> String {
-        format!("{MANIFESTS_DIR}/{}", self.file_name)
-    }
-}
-
-/// Keys of `secrets.toml`'s `[platform]` map.
-pub mod keys {
-    pub const POSTGRESQL_PASSWORD: &str = "postgresql-password";
-    pub const S3_ACCESS_KEY: &str = "s3-access-key";
-    pub const S3_SECRET_KEY: &str = "s3-secret-key";
-    pub const NIFI_PASSWORD: &str = "nifi-password";
-    pub const NIFI_SENSITIVE_KEY: &str = "nifi-sensitive-key";
-    pub const GRAFANA_ADMIN_PASSWORD: &str = "grafana-admin-password";
-    pub const JUPYTER_TOKEN: &str = "jupyter-token";
-}
-
-/// The platform secrets a selection needs, with the number of random bytes
-/// each is generated from (hex-encoded: twice as many characters).
-pub fn secret_specs(platform: &Platform) -> Vec<(&'static str, usize)> {
-    let mut out = Vec::new();
-    if platform.has(Component::Postgresql) {
-        out.push((keys::POSTGRESQL_PASSWORD, 16));
-    }
-    if platform.object_store().is_some() {
-        out.push((keys::S3_ACCESS_KEY, 10));
-        out.push((keys::S3_SECRET_KEY, 20));
-    }
-    if platform.has(Component::Nifi) {
-        // NiFi wants at least 12 characters for both.
-        out.push((keys::NIFI_PASSWORD, 16));
-        out.push((keys::NIFI_SENSITIVE_KEY, 16));
-    }
-    if platform.has(Component::Monitoring) {
-        out.push((keys::GRAFANA_ADMIN_PASSWORD, 16));
-    }
-    if platform.has(Component::Jupyter) {
-        out.push((keys::JUPYTER_TOKEN, 24));
-    }
-    out
-}
-
-/// Fresh values for the platform secrets missing from `existing`.
-pub fn generate_missing(
-    platform: &Platform,
-    existing: &BTreeMap<String, String>,
-) -> Result<Vec<(String, String)>, Error> {
-    let mut out = Vec::new();
-    for (name, bytes) in secret_specs(platform) {
-        if !existing.contains_key(name) {
-            out.push((name.to_string(), random_hex(bytes)?));
-        }
-    }
-    Ok(out)
-}
-
-/// Replace `@@name@@` placeholders.
-pub(super) fn fill(template: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(template.len() + 1024);
-    let mut rest = template;
-    while let Some(start) = rest.find("@@") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        match after.find("@@") {
-            Some(end) if vars.contains_key(&after[..end]) => {
-                out.push_str(&vars[&after[..end]]);
-                rest = &after[end + 2..];
-            }
-            // Unknown placeholders stay visible; tests refuse any left over.
-            _ => {
-                out.push_str("@@");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-pub(super) fn resources(mem_mib: u32, cpu_m: u32) -> String {
-    let limit = (cpu_m * 4).clamp(500, 4000);
-    json!({
-        "requests": {"memory": format!("{mem_mib}Mi"), "cpu": format!("{cpu_m}m")},
-        "limits": {"memory": format!("{mem_mib}Mi"), "cpu": format!("{limit}m")},
-    })
-    .to_string()
-}
+use crate::secrets::{Secrets, secrets_path};
 
 fn size(s: sizes::Size) -> String {
     resources(s.0, s.1)
-}
-
-pub(super) fn jstr(s: &str) -> String {
-    Value::String(s.to_string()).to_string()
 }
 
 fn mib_of(quantity: &str) -> u32 {
@@ -261,7 +148,7 @@ impl Ctx<'_> {
             Component::Seaweedfs => {
                 v.insert("image".into(), jstr(catalog::SEAWEEDFS_IMAGE));
                 v.insert("check_image".into(), jstr(catalog::PLATFORM_CHECK_IMAGE));
-                v.insert("check_script".into(), jstr(super::selftest::SCRIPT));
+                v.insert("check_script".into(), jstr(selftest::SCRIPT));
                 v.insert("res.seaweedfs".into(), main);
                 include_str!("../../../overlays/seaweedfs.yaml")
             }
@@ -560,16 +447,6 @@ impl Ctx<'_> {
     }
 }
 
-pub(super) fn yaml_stream(header: &str, docs: &[Value]) -> String {
-    let mut out = String::from(header);
-    for d in docs {
-        out.push_str("---\n");
-        out.push_str(&serde_json::to_string_pretty(d).expect("JSON values serialise"));
-        out.push('\n');
-    }
-    out
-}
-
 /// Every manifest of the cluster's platform selection, public files and
 /// secrets files, in component order. Fails when `secrets.toml` lacks a
 /// platform secret (fill them first with [`Secrets::fill_platform`]).
@@ -642,19 +519,7 @@ pub fn manifests(cluster: &Cluster, secrets: &Secrets) -> Result<Vec<Manifest>, 
         });
     }
     if !platform.is_empty() {
-        out.extend(super::selftest::manifests(cluster, &secrets.platform));
+        out.extend(selftest::manifests(cluster, &secrets.platform));
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fill_replaces_known_and_keeps_unknown() {
-        let mut v = BTreeMap::new();
-        v.insert("a".to_string(), "1".to_string());
-        assert_eq!(fill("x @@a@@ y @@b@@ ${ENV:Z}", &v), "x 1 y @@b@@ ${ENV:Z}");
-    }
 }

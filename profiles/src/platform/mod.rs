@@ -12,14 +12,20 @@
 //! ```
 //!
 //! Rendering of the manifests lives in [`manifests`]; the pinned charts and
-//! images in [`catalog`].
+//! images in [`catalog`]. This module is the selection only: it reads the
+//! node and network model, never the cluster or the renderers, so it does not
+//! re-export [`manifests`] (which renders from the validated cluster and its
+//! secrets).
 
 pub mod budget;
 pub mod catalog;
 mod chart_archive;
+pub mod credentials;
 pub mod manifests;
 mod selftest;
+mod settings;
 pub mod sizing;
+mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -30,31 +36,18 @@ use toml::Spanned;
 
 pub use budget::Budget;
 pub use catalog::Component;
-pub use manifests::{Manifest, manifests};
+pub use settings::{Settings, default_settings};
 
 use crate::checks;
-use crate::cluster::{Media, Network, Node};
 use crate::error::Source;
+use crate::network::Network;
+use crate::node::{Media, Node};
+use settings::{parse_mebibytes, parse_millicores};
 
 impl Serialize for Component {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
     }
-}
-
-/// A component's resolved size and placement (defaults merged with overrides).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Settings {
-    /// Instances (PostgreSQL), workers (Trino), or volume replicas (Longhorn).
-    pub replicas: u32,
-    /// Memory of the main pod, MiB (request = limit).
-    pub memory_mib: u32,
-    /// CPU request of the main pod, millicores.
-    pub cpu_m: u32,
-    /// Persistent volume size, a Kubernetes quantity ("20Gi").
-    pub storage: String,
-    /// Required node labels.
-    pub node_selector: BTreeMap<String, String>,
 }
 
 /// Why a component is in the selection.
@@ -192,33 +185,6 @@ struct RawOverrides {
     storage: Option<Spanned<String>>,
     node_selector: Option<Spanned<BTreeMap<String, String>>>,
     addresses: Option<Spanned<Vec<Spanned<String>>>>,
-}
-
-/// Defaults, sized for 8 GB Pi 5 nodes (see overlays/README.md).
-pub fn default_settings(c: Component) -> Settings {
-    let (replicas, memory_mib, cpu_m, storage) = match c {
-        Component::Postgresql => (1, 1024, 250, "10Gi"),
-        Component::Seaweedfs => (1, 512, 200, "50Gi"),
-        Component::Minio => (1, 1024, 250, "50Gi"),
-        // One worker of 3 GiB: -Xmx 1984M, 992MB per query per node.
-        Component::Trino => (1, 3072, 1000, ""),
-        // Heap is half of this (1 GiB); the rest is metaspace, native and OS buffers.
-        Component::Nifi => (1, 2048, 500, "20Gi"),
-        Component::Jupyter => (1, 1024, 250, "10Gi"),
-        // Prometheus: 7 days of a four-node cluster.
-        Component::Monitoring => (1, 1024, 250, "20Gi"),
-        Component::Logs => (1, 512, 200, "10Gi"),
-        Component::Metallb | Component::CertManager => (1, 0, 0, ""),
-        // Volume replicas.
-        Component::Longhorn => (2, 0, 0, ""),
-    };
-    Settings {
-        replicas,
-        memory_mib,
-        cpu_m,
-        storage: storage.to_string(),
-        node_selector: BTreeMap::new(),
-    }
 }
 
 /// Which override keys a component takes, and the bounds of `replicas` and `memory`.
@@ -610,46 +576,6 @@ impl Parser<'_, '_> {
     }
 }
 
-/// "3Gi", "1536Mi", "1Ti" → MiB.
-fn parse_mebibytes(q: &str) -> Result<u32, String> {
-    let (num, mult) = if let Some(n) = q.strip_suffix("Ti") {
-        (n, 1024 * 1024)
-    } else if let Some(n) = q.strip_suffix("Gi") {
-        (n, 1024)
-    } else if let Some(n) = q.strip_suffix("Mi") {
-        (n, 1)
-    } else {
-        return Err(format!(
-            "\"{q}\" is not a size in Mi, Gi or Ti (Kubernetes binary units)"
-        ));
-    };
-    num.parse::<u32>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            format!(
-                "\"{q}\" is not a positive whole number of {}",
-                &q[num.len()..]
-            )
-        })
-}
-
-/// "500m" or "2" → millicores.
-fn parse_millicores(q: &str) -> Result<u32, String> {
-    let v = match q.strip_suffix('m') {
-        Some(n) => n.parse::<u32>().ok(),
-        None => q.parse::<u32>().ok().and_then(|c| c.checked_mul(1000)),
-    };
-    match v {
-        Some(v) if (10..=4000).contains(&v) => Ok(v),
-        Some(v) => Err(format!(
-            "{v}m is outside 10m..4000m (a Pi 5 has four cores)"
-        )),
-        None => Err(format!("\"{q}\" is not a CPU quantity")),
-    }
-}
-
 fn ip_in(network: Option<&Network>, ip: Ipv4Addr) -> Result<(), String> {
     match network {
         Some(n) if !n.contains(ip) => Err(format!(
@@ -688,19 +614,6 @@ fn check_pool(entry: &str, network: Option<&Network>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(parse_mebibytes("3Gi"), Ok(3072));
-        assert_eq!(parse_mebibytes("1536Mi"), Ok(1536));
-        assert!(parse_mebibytes("3G").is_err());
-        assert!(parse_mebibytes("0Gi").is_err());
-        assert!(parse_mebibytes("-1Gi").is_err());
-        assert_eq!(parse_millicores("500m"), Ok(500));
-        assert_eq!(parse_millicores("2"), Ok(2000));
-        assert!(parse_millicores("8").is_err());
-        assert!(parse_millicores("half").is_err());
-    }
 
     #[test]
     fn pools() {

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use super::Platform;
 use super::budget::sizes;
 use super::catalog::{self, Component};
-use super::manifests::{Manifest, fill, jstr, keys, resources, yaml_stream};
+use super::credentials::keys;
+use super::template::{Manifest, fill, jstr, resources, yaml_stream};
 use crate::cluster::Cluster;
 
 /// The check script, embedded in the manifests as a ConfigMap.
