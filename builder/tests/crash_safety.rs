@@ -178,14 +178,6 @@ fn flash_killed_at_any_point_leaves_a_card_that_is_whole_or_has_no_table() {
         killed > 0,
         "the flash always finished before it could be killed"
     );
-    flash::run_image(
-        &img,
-        &l.dev,
-        &flash::FlashOptions {
-            yes: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    flash::run_image(&img, &l.dev, &support::loopdev::yes()).unwrap();
     assert_eq!(l.read(510, 2), [0x55, 0xAA]);
 }

@@ -14,15 +14,8 @@ use picluster::bmap::Bmap;
 use picluster::flash::device::System;
 use picluster::flash::{self, FlashOptions};
 use picluster::usedblocks::{self, DEFAULT_BLOCK_SIZE};
-use support::loopdev::{GARBAGE, Loop, fill};
+use support::loopdev::{GARBAGE, Loop, fill, yes};
 use support::{fixture, run};
-
-fn yes() -> FlashOptions {
-    FlashOptions {
-        yes: true,
-        ..Default::default()
-    }
-}
 
 /// `cmp` every mapped range of `image` against `dev`.
 fn cmp_mapped(image: &Path, dev: &Path) {

@@ -12,14 +12,7 @@ use std::time::{Duration, Instant};
 use picluster::flash::{self, FlashOptions};
 use picluster::usedblocks::{self, DEFAULT_BLOCK_SIZE};
 use support::fixture;
-use support::loopdev::{GARBAGE, Loop};
-
-fn yes() -> FlashOptions {
-    FlashOptions {
-        yes: true,
-        ..Default::default()
-    }
-}
+use support::loopdev::{GARBAGE, Loop, yes};
 
 fn write_at(dev: &std::path::Path, off: u64, bytes: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(dev).unwrap();

@@ -104,3 +104,11 @@ pub fn fill(path: &Path, size: u64) {
         left -= n as u64;
     }
 }
+
+/// Flash options that answer "yes" (the tests have no terminal).
+pub fn yes() -> picluster::flash::FlashOptions {
+    picluster::flash::FlashOptions {
+        yes: true,
+        ..Default::default()
+    }
+}
