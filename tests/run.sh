@@ -58,8 +58,32 @@ if [ "$quick" = 0 ]; then
   cargo clippy --workspace --all-targets -- -D warnings
 fi
 
+# Every runner's output is kept so the last line can sum them all.
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
 say "boot-test self-checks (no QEMU)"
-python3 -m unittest discover -s tests/boot -p 'test_*.py'
+python3 -m unittest discover -s tests/boot -p 'test_*.py' 2>&1 | tee "$logs/unittest.log"
 
 say "tests"
-cargo test --workspace
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$logs/cargo.log" || status=$?
+
+# One closing line: cargo's "test result: … N passed; M failed" lines (every
+# test binary and the doc tests) plus unittest's "Ran N tests" / "FAILED (…)".
+# Inner Python runs that Rust tests start are counted by their Rust test.
+awk '
+  FILENAME ~ /cargo/ && /^test result:/ {
+    for (i = 1; i <= NF; i++) {
+      if ($(i) ~ /^passed;?$/) p += $(i - 1)
+      if ($(i) ~ /^failed;?$/) f += $(i - 1)
+    }
+  }
+  FILENAME ~ /unittest/ && /^Ran [0-9]+ test/ { ran += $2 }
+  FILENAME ~ /unittest/ && /^FAILED \(/ {
+    n = split($0, parts, /[=,)]/)
+    for (i = 2; i <= n; i += 2) if (parts[i] ~ /^[0-9]+$/) uf += parts[i]
+  }
+  END { printf "%d passed, %d failed\n", p + ran - uf, f + uf }
+' "$logs/cargo.log" "$logs/unittest.log"
+exit "$status"
