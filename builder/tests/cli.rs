@@ -316,3 +316,19 @@ fn fetch_downloads_verifies_and_reports() {
     );
     assert!(s.server.requests_for("missing.img.xz.sha256").is_empty());
 }
+
+#[test]
+fn flash_usage_errors_exit_2() {
+    let d = tempfile::tempdir().unwrap();
+    let out = picluster(&d.path().join("cache"))
+        .args(["flash", "only-an-image.img"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("give IMAGE and DEVICE") && err.contains("--help"),
+        "{err}"
+    );
+}

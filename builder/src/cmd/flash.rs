@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::cmd::build::{DEFAULT_OUT, Output, Prepared, prepare, select_nodes};
 use crate::compress::Compress;
@@ -35,8 +35,12 @@ pub fn run(args: &FlashCmd) -> Result<()> {
     let (image, device) = match (&args.node, args.paths.as_slice()) {
         (None, [image, device]) => (image.clone(), device.clone()),
         (Some(node), [device]) => (node_image(args, node)?, device.clone()),
-        (None, [_]) => bail!("give IMAGE and DEVICE, or --node NAME and DEVICE"),
-        (Some(_), _) => bail!("with --node give only the DEVICE (the image is the node's)"),
+        (None, [_]) => return Err(usage("give IMAGE and DEVICE, or --node NAME and DEVICE")),
+        (Some(_), _) => {
+            return Err(usage(
+                "with --node give only the DEVICE (the image is the node's)",
+            ));
+        }
         _ => unreachable!("clap allows one or two paths"),
     };
     let summary = flash::run_image(&image, &device, &args.opts)?;
@@ -53,6 +57,10 @@ pub fn run(args: &FlashCmd) -> Result<()> {
         }
     ));
     Ok(())
+}
+
+fn usage(msg: &str) -> anyhow::Error {
+    flash::FlashError::Usage(format!("{msg}; see `picluster flash --help`")).into()
 }
 
 /// The node's raw image in `args.out`: reused when its recorded inputs match.

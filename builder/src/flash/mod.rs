@@ -57,6 +57,9 @@ pub enum FlashError {
     /// Ctrl-C (exit 130): the message says how to finish.
     #[error("{0}")]
     Interrupted(String),
+    /// The command line does not say what to flash where (exit 2, like clap's).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl FlashError {
@@ -66,6 +69,7 @@ impl FlashError {
             FlashError::NotConfirmed(_) => 4,
             FlashError::Mismatch(_) => 5,
             FlashError::Interrupted(_) => 130,
+            FlashError::Usage(_) => 2,
         }
     }
 
