@@ -184,7 +184,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 pub enum PatchError {
     #[error(transparent)]
     BootFs(#[from] BootFsError),
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Source {
         path: PathBuf,
         #[source]

@@ -129,7 +129,7 @@ pub enum FetchError {
         "refusing {url}: a plain http:// download with no pinned digest could be swapped on the way (its .sha256 travels over the same connection). Use an https:// URL, or pin the digest in the cluster file ([image] url and sha256 = \"…\")"
     )]
     PlainHttpUnpinned { url: String },
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -219,7 +219,7 @@ impl Fetcher {
                         return Err(FetchError::NoChecksum {
                             what: loc.to_string(),
                             sibling: sib.to_string(),
-                            reason: first_line(&e.to_string()),
+                            reason: first_line(&with_causes(&e)),
                         });
                     }
                 };
@@ -336,7 +336,7 @@ impl Fetcher {
                     let have = fs::metadata(&part).map_or(0, |m| m.len());
                     progress::step(format!(
                         "{label}: {} — resuming from {} in {}s (attempt {}/{ATTEMPTS})",
-                        first_line(&e.to_string()),
+                        first_line(&with_causes(&e)),
                         progress::size(have),
                         delay.as_secs(),
                         attempt + 1
@@ -521,16 +521,9 @@ fn lock_partial(part: &Path, label: &str) -> Result<File, FetchError> {
 
 fn net(url: &str, e: reqwest::Error) -> FetchError {
     // reqwest's Display omits the cause ("error sending request"); add it.
-    let mut message = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        src = s.source();
-    }
     FetchError::Network {
         url: url.to_string(),
-        message,
+        message: with_causes(&e),
     }
 }
 
@@ -560,6 +553,18 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let (range, total) = rest.split_once('/')?;
     let (start, _end) = range.split_once('-')?;
     Some((start.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+/// An error and its causes on one line, for messages that embed it.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 fn first_line(s: &str) -> String {

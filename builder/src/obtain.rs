@@ -56,7 +56,7 @@ pub struct ObtainedBase {
 pub enum ObtainError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error("cannot decompress {name}: {source}")]
+    #[error("cannot decompress {name}")]
     Decompress {
         name: String,
         #[source]

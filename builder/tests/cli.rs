@@ -332,3 +332,20 @@ fn flash_usage_errors_exit_2() {
         "{err}"
     );
 }
+
+#[test]
+fn a_cause_is_said_once() {
+    // thiserror messages that embed `{source}` were printed again as the cause.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("cluster.toml")).unwrap();
+    let out = picluster(&d.path().join("cache"))
+        .arg("plan")
+        .arg("-c")
+        .arg(d.path().join("cluster.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+}

@@ -128,10 +128,12 @@ pub fn make_plan(cluster: &Cluster, secrets: &Secrets, only: &[String]) -> Resul
     let agent = agent::locate(None);
     let agent_desc = match &agent {
         Ok(a) => format!("picluster-node {} ({})", a.version, a.path.display()),
-        Err(_) => format!(
+        Err(agent::AgentError::NotFound(_)) => format!(
             "not built yet (cargo build --release -p picluster-node --target {})",
             agent::TARGET
         ),
+        // Stale or foreign: `build` would refuse it, say why now.
+        Err(e) => format!("not usable: {}", e.to_string().replace('\n', " ")),
     };
     let pending = |what: &str| BootAsset {
         file: what.to_string(),
