@@ -349,3 +349,39 @@ fn a_cause_is_said_once() {
     assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
     assert!(err.contains("cannot read"), "{err}");
 }
+
+#[test]
+fn a_mistyped_node_fails_at_once_with_a_suggestion_and_no_download() {
+    // The base URL points at a port nothing listens on: any attempt to fetch
+    // would fail only after its retries (tens of seconds).
+    let s = support::cluster::setup(&[]);
+    let text = std::fs::read_to_string(s.config()).unwrap();
+    let unreachable = text.replace(
+        &format!("url = \"{}\"", s.server.url("base.img.xz")),
+        "url = \"https://127.0.0.1:9/none.img.xz\"",
+    );
+    assert_ne!(unreachable, text);
+    std::fs::write(s.config(), unreachable).unwrap();
+    for cmd in ["build", "flash"] {
+        let t = std::time::Instant::now();
+        let mut c = s.cmd();
+        c.arg(cmd)
+            .arg("-c")
+            .arg(s.config())
+            .args(["--node", "pi-wrker-1"]);
+        if cmd == "flash" {
+            c.arg("/dev/null");
+        }
+        let err = fails(&mut c);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(3),
+            "{cmd} took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            err.contains("no node named \"pi-wrker-1\"; did you mean \"pi-worker-1\"?"),
+            "{err}"
+        );
+    }
+    assert!(s.server.requests().is_empty());
+}

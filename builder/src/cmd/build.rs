@@ -91,8 +91,15 @@ pub fn select_nodes<'c>(cluster: &'c Cluster, names: &[String]) -> Result<Vec<&'
     for n in names {
         if cluster.node(n).is_none() {
             let known: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+            let guess = known
+                .iter()
+                .map(|k| (edit_distance(n, k), *k))
+                .min()
+                .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+                .map(|(_, k)| format!("did you mean \"{k}\"? "))
+                .unwrap_or_default();
             bail!(
-                "{}: there is no node named \"{n}\"; the nodes are: {}",
+                "{}: there is no node named \"{n}\"; {guess}the nodes are: {}",
                 cluster.path.display(),
                 known.join(", ")
             );
@@ -103,6 +110,22 @@ pub fn select_nodes<'c>(cluster: &'c Cluster, names: &[String]) -> Result<Vec<&'
         .iter()
         .filter(|n| names.is_empty() || names.contains(&n.name))
         .collect())
+}
+
+/// Levenshtein distance, for "did you mean" on node names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = (up + 1).min(row[j] + 1).min(diag + usize::from(ca != *cb));
+            diag = up;
+        }
+    }
+    row[b.len()]
 }
 
 /// SOURCE_DATE_EPOCH when set (reproducible builds), else now.
@@ -221,13 +244,16 @@ pub struct Prepared {
     pub record: RecordInputs,
 }
 
-/// Load, fetch and check everything; print what was found.
+/// Load, fetch and check everything; print what was found. The node names
+/// asked for are checked before anything is downloaded.
 pub fn prepare(
     config: &Path,
     base_override: Option<&str>,
     agent_path: Option<&Path>,
+    nodes: &[String],
 ) -> Result<Prepared> {
     let Inputs { cluster, secrets } = load_inputs(config, true)?;
+    select_nodes(&cluster, nodes)?;
     let secrets_sha256 = digest::file_sha256(&picluster_profiles::secrets::secrets_path(config))?.0;
     let epoch = build_epoch()?;
     let agent = agent::locate(agent_path)?;
@@ -482,7 +508,12 @@ impl Prepared {
 
 pub fn run(args: &BuildArgs) -> Result<()> {
     let started = Instant::now();
-    let prepared = prepare(&args.config, args.base.as_deref(), args.agent.as_deref())?;
+    let prepared = prepare(
+        &args.config,
+        args.base.as_deref(),
+        args.agent.as_deref(),
+        &args.nodes,
+    )?;
     let nodes = select_nodes(&prepared.cluster, &args.nodes)?;
     let outputs = prepared.build(&args.out, &nodes, args.compress)?;
     progress::step(format!(

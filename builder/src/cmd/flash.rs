@@ -65,7 +65,7 @@ fn usage(msg: &str) -> anyhow::Error {
 
 /// The node's raw image in `args.out`: reused when its recorded inputs match.
 fn node_image(args: &FlashCmd, name: &str) -> Result<PathBuf> {
-    let prepared = prepare(&args.config, None, None)?;
+    let prepared = prepare(&args.config, None, None, &[name.to_string()])?;
     let node = *select_nodes(&prepared.cluster, &[name.to_string()])?
         .first()
         .expect("one node selected");
