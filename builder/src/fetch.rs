@@ -109,6 +109,12 @@ pub enum FetchError {
     },
     #[error("{url}: {message}")]
     Network { url: String, message: String },
+    /// A failure that retrying cannot mend (no such host, connection
+    /// refused, a certificate the system does not trust).
+    #[error(
+        "{url}: {message}\n  This will not get better by retrying. Offline? Give the base image as a file (--base PATH, or [image] url = \"file:///…\" with its sha256) and K3s from a local mirror (k3s_mirror = \"/path/to/mirror\", holding <version>/k3s-arm64)"
+    )]
+    Unreachable { url: String, message: String },
     #[error(
         "checksum mismatch for {what}:\n  expected sha256 {expected}\n  got      sha256 {actual}\nThe downloaded file was deleted. The source is serving a different file than the one pinned; check the URL and the pinned digest."
     )]
@@ -521,9 +527,17 @@ fn lock_partial(part: &Path, label: &str) -> Result<File, FetchError> {
 
 fn net(url: &str, e: reqwest::Error) -> FetchError {
     // reqwest's Display omits the cause ("error sending request"); add it.
-    FetchError::Network {
-        url: url.to_string(),
-        message: with_causes(&e),
+    let message = with_causes(&e);
+    if e.is_connect() && !e.is_timeout() && is_permanent(&message) {
+        FetchError::Unreachable {
+            url: url.to_string(),
+            message,
+        }
+    } else {
+        FetchError::Network {
+            url: url.to_string(),
+            message,
+        }
     }
 }
 
@@ -553,6 +567,22 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let (range, total) = rest.split_once('/')?;
     let (start, _end) = range.split_once('-')?;
     Some((start.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+/// Connection failures that a retry a few seconds later cannot fix: name
+/// resolution (hyper-util's "dns error", the resolver's "failed to lookup
+/// address"), a refused connection, and TLS certificate errors (rustls).
+fn is_permanent(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "dns error",
+        "failed to lookup address",
+        "name or service not known",
+        "connection refused",
+        "certificate",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 /// An error and its causes on one line, for messages that embed it.

@@ -298,3 +298,32 @@ fn local_paths_and_file_urls_are_verified_in_place() {
         .unwrap_err();
     assert!(matches!(err, FetchError::Mismatch { .. }), "{err}");
 }
+
+#[test]
+fn failures_retrying_cannot_mend_fail_at_once_with_the_offline_hint() {
+    let e = env();
+    // Nothing listens on port 9 of 127.0.0.1: connection refused. With the
+    // default retry delay, retrying would take 1+2+4+8+16 s.
+    let mut f = Fetcher::new(e.fetcher.cache().clone()).unwrap();
+    f.retry_delay = Duration::from_secs(1);
+    for url in [
+        "http://127.0.0.1:9/x.img.xz",
+        "https://127.0.0.1:9/x.img.xz",
+    ] {
+        let t = std::time::Instant::now();
+        let err = f
+            .fetch(&Location::parse(url), &Expect::Sha256(e.sha.clone()), "t")
+            .unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "{url}: {:?}",
+            t.elapsed()
+        );
+        assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--base PATH") && msg.contains("k3s_mirror") && msg.contains("file:///"),
+            "{msg}"
+        );
+    }
+}
