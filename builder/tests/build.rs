@@ -207,6 +207,15 @@ fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
         shown.contains("bookworm") && shown.contains("arm64"),
         "{shown}"
     );
+    // Said once and for people: no Rust enum names, no doubled codename, no
+    // bare Unix time.
+    assert!(shown.contains("partition table: DOS (MBR)"), "{shown}");
+    assert!(!shown.contains("(bookworm) (bookworm)"), "{shown}");
+    let built = shown.lines().find(|l| l.contains("built by")).unwrap();
+    assert!(
+        !built.contains("Unix time") && built.ends_with('Z'),
+        "{built}"
+    );
     for v in &secret_values {
         assert!(!shown.contains(v));
     }

@@ -18,7 +18,8 @@ pub mod stage1;
 pub mod stage2;
 pub mod status;
 pub mod testing;
-pub mod timefmt;
+/// Time formatting, shared with the workstation tool.
+pub use picluster_profiles::timefmt;
 pub mod user;
 
 /// The agent's version.

@@ -20,6 +20,7 @@ pub mod render;
 mod sample;
 mod schema;
 pub mod secrets;
+pub mod timefmt;
 
 pub use bundle::{FileSpec, Mode, NodeBundle, NodeSecrets, Phase};
 pub use cluster::{Cluster, Media, Node, Role};

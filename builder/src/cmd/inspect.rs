@@ -176,8 +176,12 @@ pub fn text(r: &Report) -> String {
     let _ = writeln!(s, "{}: {}", r.image, progress::size(r.size));
     let _ = writeln!(
         s,
-        "partition table: {:?}, disk id {}",
-        r.table.kind, r.table.disk_id
+        "partition table: {}, disk id {}",
+        match r.table.kind {
+            crate::partition::TableKind::Dos => "DOS (MBR)",
+            crate::partition::TableKind::Gpt => "GPT",
+        },
+        r.table.disk_id
     );
     for p in &r.table.partitions {
         let _ = writeln!(
@@ -192,11 +196,13 @@ pub fn text(r: &Report) -> String {
         );
     }
     if let Some(os) = &r.os {
-        let _ = writeln!(
-            s,
-            "root filesystem: {} ({}), userland {}",
-            os.pretty_name, os.codename, os.arch
-        );
+        // PRETTY_NAME usually names the codename already ("… 12 (bookworm)").
+        let name = if os.pretty_name.contains(&os.codename) {
+            os.pretty_name.clone()
+        } else {
+            format!("{} ({})", os.pretty_name, os.codename)
+        };
+        let _ = writeln!(s, "root filesystem: {name}, userland {}", os.arch);
     }
     if let Some(b) = &r.boot {
         let _ = writeln!(
@@ -251,8 +257,9 @@ pub fn text(r: &Report) -> String {
             );
             let _ = writeln!(
                 s,
-                "  built by     picluster {} at {} (Unix time)",
-                id.picluster_version, id.built_at
+                "  built by     picluster {} at {}",
+                id.picluster_version,
+                picluster_profiles::timefmt::utc(id.built_at)
             );
             let _ = writeln!(
                 s,
