@@ -21,6 +21,7 @@ pub mod k3s;
 pub mod nodemap;
 pub mod obtain;
 pub mod partition;
+pub mod pki;
 pub mod progress;
 pub mod region;
 pub mod rootfs;

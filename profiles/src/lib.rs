@@ -10,6 +10,7 @@ pub mod checks;
 pub mod cluster;
 pub mod cmdline;
 pub mod error;
+pub mod pki;
 pub mod platform;
 pub mod render;
 mod schema;
