@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod flash;
 pub mod interrupt;
 pub mod k3s;
+pub mod kubeconfig;
 pub mod nodemap;
 pub mod obtain;
 pub mod partition;

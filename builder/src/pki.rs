@@ -70,6 +70,15 @@ fn serial() -> Result<SerialNumber> {
     Ok(SerialNumber::from_slice(&b))
 }
 
+/// Seconds since 1970 by the workstation's clock (certificates are dated by
+/// it, never by SOURCE_DATE_EPOCH).
+pub fn unix_now() -> Result<i64> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs() as i64)
+}
+
 fn at(unix: i64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(unix).context("the clock is outside the certificate range")
 }

@@ -139,3 +139,116 @@ fn secrets_adds_cas_to_an_existing_cluster_and_says_so_but_not_with_join() {
     assert!(!out.contains("CAs"), "{out}");
     assert!(!j.join("pki").exists());
 }
+
+/// A `*-data` field of a kubeconfig, decoded.
+fn kube_field(text: &str, key: &str) -> String {
+    let v = text
+        .lines()
+        .map(str::trim_start)
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("no {key}: {text}"));
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(v.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn kubeconfig_holds_an_admin_certificate_of_the_client_ca_for_the_api_endpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    init_with_key(&cache, d.path());
+    let cfg = d.path().join("cluster.toml");
+    let out = run(picluster(&cache).arg("kubeconfig").arg("-c").arg(&cfg));
+    let path = d.path().join("kubeconfig");
+    assert!(out.contains("kubectl --kubeconfig"), "{out}");
+    assert_eq!(mode(&path), 0o600);
+    let text = std::fs::read_to_string(&path).unwrap();
+    // The sample's api_endpoint defaults to the first server's address,
+    // which is in every server's tls-san.
+    assert!(
+        text.contains("server: \"https://192.168.0.120:6443\""),
+        "{text}"
+    );
+    let pki = d.path().join("pki");
+    assert_eq!(
+        kube_field(&text, "certificate-authority-data"),
+        std::fs::read_to_string(pki.join("server-ca.crt")).unwrap()
+    );
+    let crt = d.path().join("admin.crt");
+    let key = d.path().join("admin.key");
+    std::fs::write(&crt, kube_field(&text, "client-certificate-data")).unwrap();
+    std::fs::write(&key, kube_field(&text, "client-key-data")).unwrap();
+    let ok = openssl(&["verify", "-CAfile"], &[&pki.join("client-ca.crt"), &crt]);
+    assert!(ok.contains(": OK"), "{ok}");
+    // Not by the server CA: the API server trusts only the client CA for users.
+    let wrong = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(pki.join("server-ca.crt"))
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    let subject = openssl(&["x509", "-noout", "-subject", "-in"], &[&crt]);
+    assert!(
+        subject.contains("O = system:masters") && subject.contains("CN = picluster-admin"),
+        "{subject}"
+    );
+    let usage = openssl(
+        &["x509", "-noout", "-ext", "extendedKeyUsage", "-in"],
+        &[&crt],
+    );
+    assert!(usage.contains("TLS Web Client Authentication"), "{usage}");
+    // One year (documented in README): valid in 364 days, expired in 366.
+    openssl(&["x509", "-noout", "-checkend", "31449600", "-in"], &[&crt]);
+    let late = Command::new("openssl")
+        .args(["x509", "-noout", "-checkend", "31622400", "-in"])
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(!late.status.success(), "valid beyond a year");
+    let a = openssl(&["x509", "-noout", "-pubkey", "-in"], &[&crt]);
+    let b = openssl(&["ec", "-pubout", "-in"], &[&key]);
+    assert!(b.contains(a.trim()));
+
+    // Rewritten on request; someone else's file is never overwritten.
+    run(picluster(&cache).arg("kubeconfig").arg("-c").arg(&cfg));
+    let theirs = d.path().join("theirs");
+    std::fs::write(&theirs, "apiVersion: v1\n").unwrap();
+    let err = fails(
+        picluster(&cache)
+            .arg("kubeconfig")
+            .arg("-c")
+            .arg(&cfg)
+            .arg("-o")
+            .arg(&theirs),
+    );
+    assert!(err.contains("not a kubeconfig picluster wrote"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&theirs).unwrap(),
+        "apiVersion: v1\n"
+    );
+
+    // With `join`, it says why it cannot help.
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "[cluster]\n",
+        "[cluster]\njoin = \"https://k3s.example.net:6443\"\n",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let err = fails(picluster(&cache).arg("kubeconfig").arg("-c").arg(&cfg));
+    assert!(
+        err.contains("join the cluster at https://k3s.example.net:6443")
+            && err.contains("k3s.yaml"),
+        "{err}"
+    );
+}

@@ -158,11 +158,7 @@ const GITIGNORE: &[u8] = b"# Cluster secrets never go into git; node images carr
 
 /// The cluster's CAs, made now.
 fn new_pki() -> Result<ClusterPki> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_secs() as i64;
-    crate::pki::generate(now)
+    crate::pki::generate(crate::pki::unix_now()?)
 }
 
 /// `pki/` for a cluster that creates its own control plane and has none yet
