@@ -34,6 +34,8 @@ pub enum Command {
     Build(cmd::build::BuildArgs),
     /// Show what an image contains (partitions, OS, boot files, picluster node).
     Inspect(cmd::inspect::InspectArgs),
+    /// Write an admin kubeconfig for the cluster (client certificate from its CAs).
+    Kubeconfig(cmd::kubeconfig::KubeconfigArgs),
     /// Write an image to an SD card or NVMe drive: only the blocks in use, verified.
     Flash(cmd::flash::FlashCmd),
 }
@@ -48,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Build(a) => cmd::build::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Kubeconfig(a) => cmd::kubeconfig::run(a),
         Command::Flash(a) => cmd::flash::run(a),
     }
 }

@@ -47,6 +47,7 @@ fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
             ".picluster-build.lock",
             "SHA256SUMS",
             "build.json",
+            "kubeconfig",
             "pi-master.img",
             "pi-master.img.bmap",
             "pi-worker-1.img",
@@ -219,6 +220,110 @@ fn images_are_bootable_copies_with_only_the_boot_partition_patched() {
     for v in &secret_values {
         assert!(!shown.contains(v));
     }
+}
+
+/// `config.yaml`'s `token:` value from an image's secrets file.
+fn config_token(secrets_json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(secrets_json).unwrap();
+    let files = v["files"].as_array().unwrap();
+    let yaml = files
+        .iter()
+        .find(|f| f["path"] == "/etc/rancher/k3s/config.yaml")
+        .unwrap()["content"]
+        .as_str()
+        .unwrap();
+    let line = yaml.lines().find(|l| l.starts_with("token: ")).unwrap();
+    serde_json::from_str(&line["token: ".len()..]).unwrap()
+}
+
+#[test]
+fn only_the_first_server_carries_the_cas_and_every_token_pins_them() {
+    let s = setup(&[]);
+    let out = s.path("out");
+    run(&mut s.build("out", &[]));
+    // The CA hash as K3s computes it for a one-certificate file: sha256sum
+    // of the file (k3s pkg/clientaccess/token.go, hashCA).
+    let sum = run(Command::new("sha256sum").arg(s.path("cluster/pki/server-ca.crt")));
+    let hash = sum.split_whitespace().next().unwrap().to_string();
+    let secrets_toml = std::fs::read_to_string(s.path("cluster/secrets.toml")).unwrap();
+    let value = |key: &str| {
+        let l = secrets_toml
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap();
+        l.split('"').nth(1).unwrap().to_string()
+    };
+    for node in ["pi-master", "pi-worker-1", "pi-worker-2", "pi-worker-3"] {
+        let img = out.join(format!("{node}.img"));
+        // The whole image, byte by byte: a PEM private-key header anywhere.
+        let found = Command::new("grep")
+            .args([
+                "-a",
+                "-c",
+                "-E",
+                "-e",
+                "-----BEGIN ([A-Z]+ )*PRIVATE KEY-----",
+            ])
+            .arg(&img)
+            .output()
+            .unwrap();
+        let count: u32 = String::from_utf8_lossy(&found.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        let (start, len) = partitions(&img)[0];
+        let p1 = s.path(&format!("{node}-p1"));
+        extract(&img, start, len, &p1);
+        let secrets = mtype(&p1, "picluster-secrets.json");
+        let token = config_token(&secrets);
+        if node == "pi-master" {
+            assert!(count > 0, "the first server carries the CA keys");
+            let v: serde_json::Value = serde_json::from_str(&secrets).unwrap();
+            let tls: Vec<(String, String)> = v["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| {
+                    f["path"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("/var/lib/rancher/k3s/server/tls/")
+                })
+                .map(|f| {
+                    (
+                        f["path"].as_str().unwrap().to_string(),
+                        f["mode"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(tls.len(), 11, "{tls:?}");
+            assert!(tls.iter().all(|(_, m)| m == "0600"), "{tls:?}");
+            assert!(
+                tls.iter()
+                    .any(|(p, _)| p == "/var/lib/rancher/k3s/server/tls/etcd/peer-ca.key")
+            );
+            assert_eq!(token, format!("K10{hash}::server:{}", value("k3s_token")));
+        } else {
+            assert_eq!(count, 0, "{node}'s image holds a private key");
+            assert_eq!(
+                token,
+                format!("K10{hash}::node:{}", value("k3s_agent_token"))
+            );
+            assert!(!secrets.contains("server/tls"), "{node}");
+        }
+    }
+    // The admin kubeconfig beside the images, owner only.
+    let kc = out.join("kubeconfig");
+    let shown = run(Command::new("stat").args(["-c", "%a"]).arg(&kc));
+    assert_eq!(shown.trim(), "600");
+    assert!(
+        std::fs::read_to_string(&kc)
+            .unwrap()
+            .contains("client-certificate-data: ")
+    );
+    run(&mut s.build("nok", &["--node", "pi-worker-3", "--no-kubeconfig"]));
+    assert!(!s.path("nok/kubeconfig").exists());
+    assert!(s.path("nok/pi-worker-3.img").exists());
 }
 
 #[test]

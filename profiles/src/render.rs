@@ -192,6 +192,22 @@ pub fn render_node(
         ),
     ];
 
+    // The node that initialises the cluster brings its CAs: K3s uses the files
+    // it finds in server/tls at first start (k3s deps.go, createSigningCertKey);
+    // servers that join get them with the bootstrap data, agents never.
+    if let (true, Role::Server, None, Some(pki)) =
+        (node.init, node.role, &cluster.join, &secrets.pki)
+    {
+        for (name, content) in &pki.files {
+            secret_files.push(FileSpec::root(
+                &format!("{}/{name}", crate::pki::NODE_TLS_DIR),
+                0o600,
+                Phase::BeforeK3s,
+                content.clone(),
+            ));
+        }
+    }
+
     // The first server drops the data-platform manifests into K3s's
     // auto-deploy directory once it is Ready; Secrets stay in the node secrets.
     if node.init {
@@ -398,22 +414,35 @@ fn join_url(cluster: &Cluster) -> String {
 }
 
 /// The tokens a node's config.yaml carries. Agents carry only an agent token.
-struct Tokens<'a> {
-    token: &'a str,
+struct Tokens {
+    token: String,
     /// Servers of a cluster this file creates set the agent token for everyone.
-    agent_token: Option<&'a str>,
+    agent_token: Option<String>,
 }
 
-impl<'a> Tokens<'a> {
-    fn for_node(cluster: &Cluster, secrets: &'a Secrets, node: &Node) -> Result<Tokens<'a>, Error> {
+impl Tokens {
+    /// With the cluster's own CAs the tokens take K3s's secure form,
+    /// `K10<CA hash>::server:<secret>` and `K10<CA hash>::node:<secret>`, so
+    /// every joining node checks the CA it is handed before sending
+    /// credentials (docs.k3s.io cli/token, "Secure"; the first server may use
+    /// it too because its CAs are pre-made). The secret after `server:` is the
+    /// passphrase K3s encrypts bootstrap data with, as before.
+    fn for_node(cluster: &Cluster, secrets: &Secrets, node: &Node) -> Result<Tokens, Error> {
         if cluster.join.is_none() {
+            let (server, agent) = match &secrets.pki {
+                Some(pki) => (
+                    pki.secure_token("server", &secrets.k3s_token),
+                    pki.secure_token("node", &secrets.k3s_agent_token),
+                ),
+                None => (secrets.k3s_token.clone(), secrets.k3s_agent_token.clone()),
+            };
             return Ok(match node.role {
                 Role::Server => Tokens {
-                    token: &secrets.k3s_token,
-                    agent_token: Some(&secrets.k3s_agent_token),
+                    token: server,
+                    agent_token: Some(agent),
                 },
                 Role::Agent => Tokens {
-                    token: &secrets.k3s_agent_token,
+                    token: agent,
                     agent_token: None,
                 },
             });
@@ -432,7 +461,7 @@ impl<'a> Tokens<'a> {
         };
         match value {
             Some(token) => Ok(Tokens {
-                token,
+                token: token.to_string(),
                 agent_token: None,
             }),
             None => {
@@ -463,8 +492,8 @@ fn k3s_config(cluster: &Cluster, tokens: &Tokens, node: &Node) -> String {
         "# Written by picluster for {} (cluster \"{}\"). Rebuild the image to change it.\n",
         node.name, cluster.name
     );
-    let _ = writeln!(y, "token: {}", yaml_str(tokens.token));
-    if let Some(a) = tokens.agent_token {
+    let _ = writeln!(y, "token: {}", yaml_str(&tokens.token));
+    if let Some(a) = &tokens.agent_token {
         let _ = writeln!(y, "agent-token: {}", yaml_str(a));
     }
     if node.init {

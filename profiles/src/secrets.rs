@@ -14,6 +14,7 @@ use sha2::Sha256;
 
 use crate::cluster::hex;
 use crate::error::{Error, Source};
+use crate::pki::ClusterPki;
 use crate::platform::Platform;
 use crate::platform::credentials::secret_specs;
 
@@ -38,6 +39,10 @@ pub struct Secrets {
     /// Data-platform credentials, by name (generated when components are chosen).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub platform: BTreeMap<String, String>,
+    /// The cluster's CAs from `pki/` beside this file (not part of the TOML).
+    /// `None` for clusters made before picluster kept one, and with `join`.
+    #[serde(skip)]
+    pub pki: Option<ClusterPki>,
 }
 
 // Secrets never reach logs through Debug.
@@ -56,6 +61,7 @@ impl std::fmt::Debug for Secrets {
                 &self.join_server_token.as_ref().map(|_| "<redacted>"),
             )
             .field("platform", &self.platform.keys().collect::<Vec<_>>())
+            .field("pki", &self.pki)
             .finish()
     }
 }
@@ -100,12 +106,16 @@ impl Secrets {
             join_token: None,
             join_server_token: None,
             platform: BTreeMap::new(),
+            pki: None,
         })
     }
 
-    /// Load the secrets file beside `cluster_file`, refusing one others can read.
+    /// Load the secrets file beside `cluster_file`, refusing one others can
+    /// read, with the CAs of `pki/` when that folder exists.
     pub fn load_for(cluster_file: &Path) -> Result<Secrets, Error> {
-        Secrets::load(&secrets_path(cluster_file), cluster_file)
+        let mut secrets = Secrets::load(&secrets_path(cluster_file), cluster_file)?;
+        secrets.pki = ClusterPki::load_for(cluster_file)?;
+        Ok(secrets)
     }
 
     pub fn load(path: &Path, cluster_file: &Path) -> Result<Secrets, Error> {

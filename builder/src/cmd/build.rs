@@ -58,6 +58,9 @@ pub struct BuildArgs {
     /// The node agent binary (default: found next to picluster or in the workspace build).
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
+    /// Do not write an admin kubeconfig beside the images.
+    #[arg(long)]
+    pub no_kubeconfig: bool,
 }
 
 /// Loaded and checked inputs shared by `plan` and `build`.
@@ -73,6 +76,13 @@ pub fn load_inputs(config: &Path, persist: bool) -> Result<Inputs> {
     let cluster = Cluster::load(config)?;
     cluster.refuse_sample_key()?;
     let mut secrets = Secrets::load_for(config)?;
+    if cluster.join.is_none() && secrets.pki.is_none() {
+        bail!(
+            "{}: this cluster has no CAs yet (made before picluster kept them)\n  fix: run `picluster secrets -c {}` to create them, then rebuild and re-flash every node, the first server first",
+            picluster_profiles::pki::pki_path(config).display(),
+            config.display()
+        );
+    }
     let added = secrets.fill_platform(&cluster.platform)?;
     if persist && !added.is_empty() {
         let path = picluster_profiles::secrets::secrets_path(config);
@@ -526,6 +536,25 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     for o in &outputs {
         println!("{}", args.out.join(&o.file).display());
     }
+    let cluster = &prepared.cluster;
+    if args.no_kubeconfig {
+        return Ok(());
+    }
+    if let Some(url) = &cluster.join {
+        progress::step(format!(
+            "no kubeconfig: the nodes join {url}, whose CAs picluster does not hold; use that cluster's own"
+        ));
+        return Ok(());
+    }
+    let path = args.out.join(crate::kubeconfig::FILE_NAME);
+    let pki = crate::kubeconfig::cluster_pki(cluster)?;
+    let text = crate::kubeconfig::render(cluster, &pki, crate::pki::unix_now()?)?;
+    crate::kubeconfig::write(&path, &text)?;
+    println!("{}", path.display());
+    progress::step(format!(
+        "once the first server is up: kubectl --kubeconfig {} get nodes",
+        path.display()
+    ));
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use picluster_profiles::pki::{ClusterPki, pki_path};
 use picluster_profiles::secrets::secrets_path;
 use picluster_profiles::{Cluster, SAMPLE_CLUSTER, SAMPLE_SSH_KEY, Secrets, checks};
 
@@ -106,12 +107,18 @@ pub fn init(args: &InitArgs) -> Result<()> {
         let _ = fs::remove_file(&cluster);
         return Err(e.into());
     }
+    let pki_dir = pki_path(&cluster);
+    if let Err(e) = new_pki().and_then(|p| Ok(p.write_new(&pki_dir)?)) {
+        let _ = fs::remove_file(&cluster);
+        let _ = fs::remove_file(&secrets);
+        return Err(e);
+    }
     let gitignore = args.dir.join(".gitignore");
     if !gitignore.exists() {
         write_new(&gitignore, GITIGNORE)?;
     } else {
         let have = fs::read_to_string(&gitignore).unwrap_or_default();
-        let missing: Vec<&str> = ["secrets.toml", "images/"]
+        let missing: Vec<&str> = ["secrets.toml", "pki/", "images/"]
             .into_iter()
             .filter(|p| !have.lines().any(|l| l.trim() == *p))
             .collect();
@@ -124,9 +131,10 @@ pub fn init(args: &InitArgs) -> Result<()> {
         }
     }
     println!(
-        "wrote {} and {} (mode 0600)",
+        "wrote {}, {} (mode 0600) and the cluster's CAs in {} (mode 0700)",
         cluster.display(),
-        secrets.display()
+        secrets.display(),
+        pki_dir.display()
     );
     match key {
         Some((p, _)) => println!("SSH access: your key {}", p.display()),
@@ -146,8 +154,29 @@ pub fn init(args: &InitArgs) -> Result<()> {
 /// The sample `.gitignore`: the secrets file, and the image output folder
 /// (`images/`, where `build` and `quickstart.sh` write): every node image
 /// carries the node's tokens and password.
-const GITIGNORE: &[u8] =
-    b"# Cluster secrets never go into git; node images carry them too.\nsecrets.toml\nimages/\n";
+const GITIGNORE: &[u8] = b"# Cluster secrets never go into git; node images carry them too.\nsecrets.toml\npki/\nkubeconfig\nimages/\n";
+
+/// The cluster's CAs, made now.
+fn new_pki() -> Result<ClusterPki> {
+    crate::pki::generate(crate::pki::unix_now()?)
+}
+
+/// `pki/` for a cluster that creates its own control plane and has none yet
+/// (made before picluster kept one). Clusters with `join` get none: they keep
+/// the joined cluster's CA. Returns what it did, for the user.
+fn ensure_pki(cluster: &Cluster) -> Result<Option<String>> {
+    let dir = pki_path(&cluster.path);
+    if cluster.join.is_some() || dir.exists() {
+        return Ok(None);
+    }
+    new_pki()?.write_new(&dir)?;
+    Ok(Some(format!(
+        "created the cluster's CAs in {} (mode 0700, keys 0600); images built from now on pin them in every join token, \
+         and nodes flashed before keep working until they are re-flashed (rebuild and re-flash every node together, \
+         starting with the first server, so the cluster is made with these CAs)",
+        dir.display()
+    )))
+}
 
 fn write_new(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -190,17 +219,21 @@ pub fn secrets(args: &SecretsArgs) -> Result<()> {
         Ok(Some(field))
     };
     if path.exists() {
+        let made_pki = ensure_pki(&cluster)?;
         let mut secrets = Secrets::load_for(&args.config)?;
         let mut added = secrets.fill_platform(&cluster.platform)?;
         if let Some(field) = store_join(&mut secrets)? {
             added.push(field.to_string());
         }
-        if added.is_empty() {
+        if let Some(msg) = &made_pki {
+            println!("{msg}");
+        }
+        if added.is_empty() && made_pki.is_none() {
             println!(
                 "{} already holds every secret the cluster needs; nothing changed",
                 path.display()
             );
-        } else {
+        } else if !added.is_empty() {
             secrets.rewrite(&path, &cluster.name)?;
             println!(
                 "{}: added {} (existing values kept)",
@@ -218,5 +251,8 @@ pub fn secrets(args: &SecretsArgs) -> Result<()> {
         "wrote {} (mode 0600); keep it out of git and back it up",
         path.display()
     );
+    if let Some(msg) = ensure_pki(&cluster)? {
+        println!("{msg}");
+    }
     Ok(())
 }

@@ -5,4 +5,5 @@ pub mod fetch;
 pub mod flash;
 pub mod init;
 pub mod inspect;
+pub mod kubeconfig;
 pub mod plan;
