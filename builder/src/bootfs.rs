@@ -13,12 +13,18 @@ use serde::Serialize;
 use crate::partition::Extent;
 use crate::region::{CachedRegion, PageCache};
 
+mod chains;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BootFsError {
     #[error("the boot partition is not a FAT filesystem fatfs can read: {0}")]
     NotFat(io::Error),
     #[error("the boot partition is {0}, not FAT32 (Raspberry Pi OS formats it FAT32)")]
     NotFat32(String),
+    #[error(
+        "the boot partition's FAT filesystem is corrupt: {0}; `fsck.vfat` can repair a copy, or use a fresh image"
+    )]
+    Corrupt(io::Error),
     #[error("boot partition file {name}: {source}")]
     File {
         name: String,
@@ -132,6 +138,11 @@ impl<'f> BootFs<'f> {
         if fs.fat_type() != fatfs::FatType::Fat32 {
             return Err(BootFsError::NotFat32(format!("{:?}", fs.fat_type())));
         }
+        // Before any directory walk: fatfs follows loops forever.
+        let mut disk = CachedRegion::new(cache.clone());
+        let mut boot = [0u8; 512];
+        io::Read::read_exact(&mut disk, &mut boot).map_err(BootFsError::Corrupt)?;
+        chains::check(&mut disk, &boot).map_err(BootFsError::Corrupt)?;
         Ok(BootFs { fs, cache })
     }
 

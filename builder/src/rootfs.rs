@@ -53,15 +53,19 @@ pub enum RootfsError {
 /// Programs whose ELF header tells the userland's architecture.
 const ARCH_PROBES: &[&str] = &["/usr/bin/env", "/bin/sh", "/usr/bin/dpkg", "/usr/bin/ls"];
 
+/// os-release is a few hundred bytes; a crafted inode size must not become
+/// an allocation (ext4-view's `read_to_string` allocates the size up front).
+const MAX_OS_RELEASE: u64 = 64 << 10;
+
 pub fn inspect(file: &File, extent: Extent) -> Result<RootfsInfo, RootfsError> {
+    crate::usedblocks::check_ext_superblock(file, extent).map_err(RootfsError::NotExt4)?;
     let reader =
         RegionReader::new(file, extent).map_err(|e| RootfsError::NotExt4(e.to_string()))?;
     let fs =
         ext4_view::Ext4::load(Box::new(reader)).map_err(|e| RootfsError::NotExt4(e.to_string()))?;
-    let text = fs
-        .read_to_string("/etc/os-release")
-        .or_else(|_| fs.read_to_string("/usr/lib/os-release"))
-        .map_err(|e| RootfsError::NoOsRelease(e.to_string()))?;
+    let text = read_small(&fs, "/etc/os-release")
+        .or_else(|_| read_small(&fs, "/usr/lib/os-release"))
+        .map_err(RootfsError::NoOsRelease)?;
     let os_release = parse_os_release(&text);
     let mut found = None;
     for probe in ARCH_PROBES {
@@ -80,6 +84,23 @@ pub fn inspect(file: &File, extent: Extent) -> Result<RootfsInfo, RootfsError> {
         arch_probe,
         label: fs.label().to_str().unwrap_or_default().to_string(),
     })
+}
+
+/// A small text file, refused when it is larger than [`MAX_OS_RELEASE`].
+fn read_small(fs: &ext4_view::Ext4, path: &str) -> Result<String, String> {
+    let len = fs.metadata(path).map_err(|e| e.to_string())?.len();
+    if len > MAX_OS_RELEASE {
+        return Err(format!(
+            "{path} is {len} bytes, not a few hundred: the filesystem is corrupt"
+        ));
+    }
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(fs.open(path).map_err(|e| e.to_string())?, MAX_OS_RELEASE),
+        &mut text,
+    )
+    .map_err(|e| e.to_string())?;
+    String::from_utf8(text).map_err(|_| format!("{path} is not UTF-8 text"))
 }
 
 pub fn parse_os_release(text: &str) -> BTreeMap<String, String> {
