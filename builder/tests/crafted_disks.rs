@@ -114,6 +114,22 @@ fn picluster_limited(cache: &Path, args: &[&str]) -> Output {
     c.output().unwrap()
 }
 
+/// `picluster flash --yes IMAGE CARD` onto a regular file, which must succeed.
+fn flash_to_file(cache: &Path, image: &Path, card: &Path) {
+    let out = picluster_limited(
+        cache,
+        &[
+            "flash",
+            "--yes",
+            "--allow-regular-file",
+            image.to_str().unwrap(),
+            card.to_str().unwrap(),
+        ],
+    );
+    let text = ended_cleanly(&out, "picluster flash");
+    assert!(out.status.success(), "{text}");
+}
+
 /// The command ended by itself (no kill by the timeout, no panic, no abort).
 fn ended_cleanly(out: &Output, what: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -223,18 +239,7 @@ fn ext4_block_count_that_wraps_is_refused_not_allocated() {
 
     let card = dir.path().join("card.img");
     sparse(&card, 40 * MIB);
-    let out = picluster_limited(
-        &cache,
-        &[
-            "flash",
-            "--yes",
-            "--allow-regular-file",
-            disk.to_str().unwrap(),
-            card.to_str().unwrap(),
-        ],
-    );
-    let text = ended_cleanly(&out, "picluster flash");
-    assert!(out.status.success(), "{text}");
+    flash_to_file(&cache, &disk, &card);
     assert_eq!(
         read_at(&card, MIB, 16 * MIB as usize),
         read_at(&disk, MIB, 16 * MIB as usize),
@@ -319,18 +324,7 @@ fn gpt_with_256_byte_entries_is_an_error_and_such_a_card_can_be_flashed() {
     let img = dir.path().join("dos.img");
     dos_disk(&img, 4 * MIB, "start=2048, size=2048, type=83\n");
     write_at(&img, MIB, b"payload");
-    let out = picluster_limited(
-        &cache,
-        &[
-            "flash",
-            "--yes",
-            "--allow-regular-file",
-            img.to_str().unwrap(),
-            card.to_str().unwrap(),
-        ],
-    );
-    let text = ended_cleanly(&out, "picluster flash");
-    assert!(out.status.success(), "{text}");
+    flash_to_file(&cache, &img, &card);
     assert_eq!(read_at(&card, 510, 2), [0x55, 0xAA]);
     assert_eq!(
         read_at(&card, 0x1BE + 4, 1),

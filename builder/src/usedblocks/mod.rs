@@ -98,7 +98,10 @@ pub fn compute_file(
         });
     }
     let read_whole = |off: u64, buf: &mut [u8]| -> io::Result<()> {
-        if off + buf.len() as u64 > size {
+        if off
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > size)
+        {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         file.read_exact_at(buf, off)
@@ -172,7 +175,10 @@ pub fn compute_file(
     for p in &table.partitions {
         let base = p.extent.start;
         let read = |off: u64, buf: &mut [u8]| -> io::Result<()> {
-            if off + buf.len() as u64 > p.extent.len {
+            if off
+                .checked_add(buf.len() as u64)
+                .is_none_or(|end| end > p.extent.len)
+            {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
@@ -239,7 +245,10 @@ fn io_err(path: &Path, source: io::Error) -> UsedBlocksError {
 /// wrong; a partition that is not ext at all passes (its reader says so).
 pub fn check_ext_superblock(file: &File, extent: Extent) -> Result<(), String> {
     let read = |off: u64, buf: &mut [u8]| -> io::Result<()> {
-        if off + buf.len() as u64 > extent.len {
+        if off
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > extent.len)
+        {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         file.read_exact_at(buf, extent.start + off)
