@@ -226,11 +226,36 @@ fn superblock(read: &ReadAt, part_len: u64) -> io::Result<Option<Result<Super, S
 
 /// Whether a partition holding ext2/3/4 has a superblock that fits it
 /// (`Err` says why not). Not ext at all is `Ok`: the caller's reader says so.
+///
+/// Beyond what [`used`] needs, the superblock must mean the same to
+/// ext4-view 1.0, which sizes its group table from it: ext4-view
+/// (src/superblock.rs) takes `s_blocks_count_hi` even without the 64bit
+/// feature (the kernel's `ext4_blocks_count` ignores it then) and counts
+/// groups with the raw `s_blocks_per_group` (for bigalloc the kernel requires
+/// it to equal clusters per group times the cluster ratio, which is what
+/// [`parse_super`] uses).
 pub(super) fn check(read: &ReadAt, part_len: u64) -> io::Result<Result<(), String>> {
-    Ok(match superblock(read, part_len)? {
-        Some(Err(why)) => Err(why),
-        _ => Ok(()),
-    })
+    let s = match superblock(read, part_len)? {
+        None => return Ok(Ok(())),
+        Some(Err(why)) => return Ok(Err(why)),
+        Some(Ok(s)) => s,
+    };
+    let mut sb = vec![0u8; 1024];
+    read(1024, &mut sb)?;
+    if s.incompat & INCOMPAT_64BIT == 0 && le32(&sb, 0x150) != 0 {
+        return Ok(Err(
+            "s_blocks_count_hi is set but the filesystem has no 64bit feature".into(),
+        ));
+    }
+    if u64::from(le32(&sb, 0x20)) != s.blocks_per_group {
+        return Ok(Err(format!(
+            "s_blocks_per_group {} does not match {} clusters per group of {} blocks",
+            le32(&sb, 0x20),
+            le32(&sb, 0x24),
+            s.ratio
+        )));
+    }
+    Ok(Ok(()))
 }
 
 /// Probe a partition for ext2/3/4 and compute its used byte ranges.

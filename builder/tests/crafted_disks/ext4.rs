@@ -111,3 +111,29 @@ fn ext4_block_count_that_wraps_is_refused_not_allocated() {
         "the partition was written whole"
     );
 }
+
+/// Found by the `usedblocks_ext4` fuzz target (tests/fuzz): ext4-view 1.0
+/// reads `s_blocks_count_hi` even without the 64bit feature, so a stray high
+/// word made it size its group table for 2^31 groups (tens of GiB) while
+/// picluster's own reader, like the kernel, saw a 4096-block filesystem.
+#[test]
+fn ext4_high_block_count_without_64bit_is_refused_before_ext4_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("ext4.img");
+    sparse(&fs, 16 * MIB);
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-O", "^64bit,metadata_csum"])
+        .arg(&fs));
+    write_at(&fs, 1024 + 0x150, &0x4000u32.to_le_bytes());
+    reseal_superblock(&fs, 0);
+    let disk = dir.path().join("disk.img");
+    dos_disk(&disk, 40 * MIB, "start=2048, size=32768, type=83\n");
+    place(&fs, &disk, MIB);
+    let cache = dir.path().join("cache");
+    let out = picluster_limited(&cache, &["inspect", disk.to_str().unwrap()]);
+    let text = ended_cleanly(&out, "picluster inspect");
+    assert!(text.contains("no 64bit feature"), "{text}");
+    // picluster's own used-blocks reader reads it as the kernel does.
+    let used = usedblocks::compute(&disk, 4096).unwrap();
+    assert_eq!(used.parts[0].content, Content::Ext4);
+}
