@@ -137,3 +137,46 @@ fn ext4_high_block_count_without_64bit_is_refused_before_ext4_view() {
     let used = usedblocks::compute(&disk, 4096).unwrap();
     assert_eq!(used.parts[0].content, Content::Ext4);
 }
+
+/// Found by the `usedblocks_ext4` fuzz target (tests/fuzz): ext4-view 1.0
+/// reads a symlink's target into a buffer of the inode's size while it
+/// resolves a path, so a symlink claiming 4 GiB on the way to /etc/os-release
+/// was a 4 GiB allocation. The size is patched into a real long symlink
+/// (target > 59 bytes, so stored in a data block) made by `mkfs.ext4 -d`;
+/// `debugfs -R imap` says where its inode is.
+#[test]
+fn ext4_symlink_with_a_huge_size_is_not_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    let long = format!("/usr/lib/{}/../os-release", "d".repeat(80));
+    std::os::unix::fs::symlink(&long, root.join("etc/os-release")).unwrap();
+    let fs = dir.path().join("ext4.img");
+    sparse(&fs, 16 * MIB);
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-O", "^metadata_csum", "-d"])
+        .arg(&root)
+        .arg(&fs));
+    let imap = run(Command::new("debugfs")
+        .args(["-R", "imap /etc/os-release"])
+        .arg(&fs));
+    // "Inode 13 is part of block group 0\n\tlocated at block 35, offset 0x0c00"
+    let block: u64 = imap
+        .split("located at block ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or_else(|| panic!("debugfs imap: {imap}"));
+    let offset = u64::from_str_radix(imap.split("offset 0x").nth(1).unwrap().trim(), 16).unwrap();
+    let inode = block * 4096 + offset;
+    // i_size_lo (0x4) and i_size_high (0x6C) of struct ext4_inode.
+    write_at(&fs, inode + 0x4, &0xFFFF_0000u32.to_le_bytes());
+    let disk = dir.path().join("disk.img");
+    dos_disk(&disk, 40 * MIB, "start=2048, size=32768, type=83\n");
+    place(&fs, &disk, MIB);
+    let cache = dir.path().join("cache");
+    let out = picluster_limited(&cache, &["inspect", disk.to_str().unwrap()]);
+    let text = ended_cleanly(&out, "picluster inspect");
+    assert!(text.contains("a symlink of 4294901760 bytes"), "{text}");
+}
