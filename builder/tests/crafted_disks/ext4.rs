@@ -126,12 +126,7 @@ fn ext4_high_block_count_without_64bit_is_refused_before_ext4_view() {
         .arg(&fs));
     write_at(&fs, 1024 + 0x150, &0x4000u32.to_le_bytes());
     reseal_superblock(&fs, 0);
-    let disk = dir.path().join("disk.img");
-    dos_disk(&disk, 40 * MIB, "start=2048, size=32768, type=83\n");
-    place(&fs, &disk, MIB);
-    let cache = dir.path().join("cache");
-    let out = picluster_limited(&cache, &["inspect", disk.to_str().unwrap()]);
-    let text = ended_cleanly(&out, "picluster inspect");
+    let (disk, text) = inspect_as_root(dir.path(), &fs);
     assert!(text.contains("no 64bit feature"), "{text}");
     // picluster's own used-blocks reader reads it as the kernel does.
     let used = usedblocks::compute(&disk, 4096).unwrap();
@@ -170,13 +165,18 @@ fn ext4_symlink_with_a_huge_size_is_not_read_whole() {
         .unwrap_or_else(|| panic!("debugfs imap: {imap}"));
     let offset = u64::from_str_radix(imap.split("offset 0x").nth(1).unwrap().trim(), 16).unwrap();
     let inode = block * 4096 + offset;
-    // i_size_lo (0x4) and i_size_high (0x6C) of struct ext4_inode.
+    // i_size_lo, at 0x4 of struct ext4_inode (i_size_high stays 0).
     write_at(&fs, inode + 0x4, &0xFFFF_0000u32.to_le_bytes());
-    let disk = dir.path().join("disk.img");
-    dos_disk(&disk, 40 * MIB, "start=2048, size=32768, type=83\n");
-    place(&fs, &disk, MIB);
-    let cache = dir.path().join("cache");
-    let out = picluster_limited(&cache, &["inspect", disk.to_str().unwrap()]);
-    let text = ended_cleanly(&out, "picluster inspect");
+    let (_, text) = inspect_as_root(dir.path(), &fs);
     assert!(text.contains("a symlink of 4294901760 bytes"), "{text}");
+}
+
+/// `fs` as the root partition (p2-style, type 0x83) of a DOS disk, and what
+/// `picluster inspect` says about that disk (it must end by itself).
+fn inspect_as_root(dir: &Path, fs: &Path) -> (PathBuf, String) {
+    let disk = dir.join("disk.img");
+    dos_disk(&disk, 40 * MIB, "start=2048, size=32768, type=83\n");
+    place(fs, &disk, MIB);
+    let out = picluster_limited(&dir.join("cache"), &["inspect", disk.to_str().unwrap()]);
+    (disk, ended_cleanly(&out, "picluster inspect"))
 }
