@@ -28,6 +28,11 @@ use crate::digest::{hex, unhex};
 use crate::partition::Extent;
 use crate::usedblocks::{self, DEFAULT_BLOCK_SIZE, UsedBlocksError};
 
+/// The largest bmap file read: 256 MiB holds over two million `<Range>`s with
+/// checksums, far more than any image's bmap (a Raspberry Pi OS image has a
+/// few hundred); anything bigger is refused before it is held in memory.
+const MAX_BMAP_BYTES: u64 = 256 << 20;
+
 const ZEROS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +220,7 @@ impl Bmap {
             human = human(self.image_size),
             size = self.image_size,
             bs = self.block_size,
-            mapped_human = human(mapped * self.block_size),
+            mapped_human = human(mapped.saturating_mul(self.block_size)),
         );
         for r in &self.ranges {
             let sum = r
@@ -247,10 +252,26 @@ impl Bmap {
 
     /// Read and check a bmap file (version 1.4 or 2.x, SHA-256 checksums).
     pub fn read(path: &Path) -> Result<Bmap, BmapError> {
-        let text = std::fs::read_to_string(path).map_err(|source| BmapError::Io {
+        let io = |source| BmapError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut text = String::new();
+        if len <= MAX_BMAP_BYTES {
+            io::Read::read_to_string(&mut io::Read::take(file, MAX_BMAP_BYTES + 1), &mut text)
+                .map_err(io)?;
+        }
+        if len > MAX_BMAP_BYTES || text.len() as u64 > MAX_BMAP_BYTES {
+            return Err(BmapError::Format {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "it is larger than {} MiB, which no bmap of a disk image needs",
+                    MAX_BMAP_BYTES >> 20
+                ),
+            });
+        }
         Bmap::parse(&text, path)
     }
 
@@ -294,7 +315,12 @@ impl Bmap {
         let block_size = number("BlockSize")?;
         let blocks_count = number("BlocksCount")?;
         let mapped_count = number("MappedBlocksCount")?;
-        if block_size == 0 || image_size.div_ceil(block_size) != blocks_count {
+        // Every block number below BlocksCount must have a byte offset: with
+        // that checked, `extents()` and the writers cannot overflow.
+        if block_size == 0
+            || image_size.div_ceil(block_size) != blocks_count
+            || blocks_count.checked_mul(block_size).is_none()
+        {
             return Err(bad(format!(
                 "{image_size} bytes are not {blocks_count} blocks of {block_size} bytes"
             )));

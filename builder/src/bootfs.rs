@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use crate::partition::Extent;
 use crate::region::{CachedRegion, PageCache};
+use crate::usedblocks::Bpb;
+
+mod chains;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootFsError {
@@ -19,6 +22,10 @@ pub enum BootFsError {
     NotFat(io::Error),
     #[error("the boot partition is {0}, not FAT32 (Raspberry Pi OS formats it FAT32)")]
     NotFat32(String),
+    #[error(
+        "the boot partition's FAT filesystem is corrupt: {0}; `fsck.vfat` can repair a copy, or use a fresh image"
+    )]
+    Corrupt(io::Error),
     #[error("boot partition file {name}: {source}")]
     File {
         name: String,
@@ -127,11 +134,34 @@ impl<'f> BootFs<'f> {
             .update_accessed_date(false)
             .time_provider(time_provider(epoch));
         let cache = std::rc::Rc::new(std::cell::RefCell::new(PageCache::new(file, extent)));
+        let mut disk = CachedRegion::new(cache.clone());
+        let mut boot = [0u8; 512];
+        io::Read::read_exact(&mut disk, &mut boot).map_err(BootFsError::NotFat)?;
+        // fatfs 0.3.6 adds and multiplies BPB fields in u32 while validating
+        // them (a FAT size near 2^32 overflows); our parser works in u64 and
+        // checks the layout fits its sector count, hence u32, first.
+        let layout = Bpb::parse(&boot).ok_or_else(|| {
+            BootFsError::NotFat(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "its boot sector describes no consistent FAT layout",
+            ))
+        })?;
+        if layout.total_sectors * layout.bytes_per_sector > extent.len {
+            return Err(BootFsError::Corrupt(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the filesystem ({} sectors) is larger than its {}-byte partition",
+                    layout.total_sectors, extent.len
+                ),
+            )));
+        }
         let fs = fatfs::FileSystem::new(CachedRegion::new(cache.clone()), options)
             .map_err(BootFsError::NotFat)?;
         if fs.fat_type() != fatfs::FatType::Fat32 {
             return Err(BootFsError::NotFat32(format!("{:?}", fs.fat_type())));
         }
+        // Before any directory walk: fatfs follows loops forever.
+        chains::check(&mut disk, &boot).map_err(BootFsError::Corrupt)?;
         Ok(BootFs { fs, cache })
     }
 

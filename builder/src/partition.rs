@@ -151,10 +151,12 @@ pub fn read_table(file: &File, path: &Path, size: u64) -> Result<Table, TableErr
 }
 
 /// Read/Seek over a shared file, for the gpt crate (which wants a device object).
+/// `size` is the disk's length: a block device's metadata says 0.
 #[derive(Debug)]
 struct SharedReader {
     file: File,
     pos: u64,
+    size: u64,
 }
 
 impl Read for SharedReader {
@@ -169,7 +171,7 @@ impl Seek for SharedReader {
     fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
         self.pos = match to {
             std::io::SeekFrom::Start(n) => n,
-            std::io::SeekFrom::End(d) => self.file.metadata()?.len().saturating_add_signed(d),
+            std::io::SeekFrom::End(d) => self.size.saturating_add_signed(d),
             std::io::SeekFrom::Current(d) => self.pos.saturating_add_signed(d),
         };
         Ok(self.pos)
@@ -185,14 +187,113 @@ impl std::io::Write for SharedReader {
     }
 }
 
+/// The largest partition entry array read: 8192 entries of 128 bytes. Every
+/// partitioning tool writes 128 entries (16 KiB); the bound keeps a crafted
+/// entry count from making the gpt crate allocate gigabytes.
+const MAX_GPT_ENTRIES_BYTES: u64 = 1 << 20;
+
+fn le32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
+}
+fn le64(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
+}
+
+/// Check the primary GPT header (LBA 1) and its entry array before the gpt
+/// crate sees them: the crate asserts on entry sizes other than 128 and
+/// allocates the whole array from the header's counts. The checks are the
+/// Linux kernel's `is_gpt_valid` (block/partitions/efi.c: signature, header
+/// CRC32, my_lba, 128-byte entries, usable LBAs on the disk, entry array CRC32)
+/// plus bounds on every LBA and count, so that once they pass the crate takes
+/// this header (it only falls back to the backup when the primary fails its
+/// own, weaker, checks).
+fn check_gpt(file: &File, size: u64) -> Result<(), String> {
+    let sectors = size / SECTOR;
+    if sectors < 3 {
+        return Err(format!("the disk is only {size} bytes"));
+    }
+    let mut h = [0u8; SECTOR as usize];
+    file.read_exact_at(&mut h, SECTOR)
+        .map_err(|e| format!("cannot read LBA 1: {e}"))?;
+    if &h[..8] != b"EFI PART" {
+        return Err(
+            "the protective MBR announces a GPT but LBA 1 holds no GPT header (no \"EFI PART\" signature)".into(),
+        );
+    }
+    // Header size: UEFI allows 92..=block size, every tool writes 92, and the
+    // gpt crate checks the CRC over 92 bytes only.
+    let header_size = le32(&h, 12);
+    if header_size != 92 {
+        return Err(format!(
+            "the GPT header size is {header_size} bytes; picluster reads 92-byte headers (what every partitioning tool writes)"
+        ));
+    }
+    let stored = le32(&h, 16);
+    let mut zeroed = h;
+    zeroed[16..20].fill(0);
+    let computed = crc32fast::hash(&zeroed[..92]);
+    if stored != computed {
+        return Err(format!(
+            "the GPT header CRC32 is {stored:08x} but the header hashes to {computed:08x}: the header is corrupt"
+        ));
+    }
+    if le64(&h, 24) != 1 {
+        return Err(format!(
+            "the primary GPT header says it is at LBA {}, not 1",
+            le64(&h, 24)
+        ));
+    }
+    let entry_size = le32(&h, 84);
+    if entry_size != 128 {
+        return Err(format!(
+            "the GPT partition entries are {entry_size} bytes; UEFI allows 128 × 2^n but picluster, like the Linux kernel, reads only 128-byte entries"
+        ));
+    }
+    let (first_usable, last_usable) = (le64(&h, 40), le64(&h, 48));
+    if first_usable > last_usable || last_usable >= sectors {
+        return Err(format!(
+            "the GPT's usable sectors {first_usable}..={last_usable} are not on the {sectors}-sector disk"
+        ));
+    }
+    let count = u64::from(le32(&h, 80));
+    let entries_lba = le64(&h, 72);
+    let entries_len = count * u64::from(entry_size);
+    if entries_len > MAX_GPT_ENTRIES_BYTES {
+        return Err(format!(
+            "the GPT lists {count} partition entries, more than the {} picluster reads",
+            MAX_GPT_ENTRIES_BYTES / 128
+        ));
+    }
+    let entries_start = entries_lba
+        .checked_mul(SECTOR)
+        .filter(|s| entries_lba >= 2 && s.checked_add(entries_len).is_some_and(|e| e <= size))
+        .ok_or_else(|| {
+            format!(
+                "the GPT partition entries ({count} at LBA {entries_lba}) are not on the {sectors}-sector disk"
+            )
+        })?;
+    let mut entries = vec![0u8; entries_len as usize];
+    file.read_exact_at(&mut entries, entries_start)
+        .map_err(|e| format!("cannot read the GPT partition entries: {e}"))?;
+    let (stored, computed) = (le32(&h, 88), crc32fast::hash(&entries));
+    if stored != computed {
+        return Err(format!(
+            "the GPT partition entries' CRC32 is {stored:08x} but they hash to {computed:08x}: the table is corrupt"
+        ));
+    }
+    Ok(())
+}
+
 fn read_gpt(file: &File, path: &Path, size: u64) -> Result<Table, TableError> {
     let err = |reason: String| TableError::Gpt {
         path: path.to_path_buf(),
         reason,
     };
+    check_gpt(file, size).map_err(err)?;
     let dev = SharedReader {
         file: file.try_clone().map_err(|e| err(e.to_string()))?,
         pos: 0,
+        size,
     };
     let disk = gpt::GptConfig::new()
         .writable(false)
@@ -201,10 +302,21 @@ fn read_gpt(file: &File, path: &Path, size: u64) -> Result<Table, TableError> {
         .map_err(|e| err(e.to_string()))?;
     let mut partitions = Vec::new();
     for (number, p) in disk.partitions() {
-        let extent = Extent {
-            start: p.first_lba * SECTOR,
-            len: (p.last_lba + 1 - p.first_lba) * SECTOR,
-        };
+        // Entries are the disk's word: check before multiplying.
+        let extent = (p.first_lba <= p.last_lba)
+            .then(|| {
+                let start = p.first_lba.checked_mul(SECTOR)?;
+                let len = (p.last_lba - p.first_lba).checked_add(1)?.checked_mul(SECTOR)?;
+                start.checked_add(len)?;
+                Some(Extent { start, len })
+            })
+            .flatten()
+            .ok_or_else(|| {
+                err(format!(
+                    "partition {number} runs from sector {} to sector {}, which is not a range of the disk",
+                    p.first_lba, p.last_lba
+                ))
+            })?;
         if extent.end() > size {
             return Err(TableError::OutOfBounds {
                 path: path.to_path_buf(),

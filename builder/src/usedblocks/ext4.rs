@@ -192,28 +192,81 @@ fn parse_super(sb: &[u8]) -> Result<Super, String> {
     Ok(s)
 }
 
-/// Probe a partition for ext2/3/4 and compute its used byte ranges.
-pub(super) fn used(read: &ReadAt, part_len: u64) -> io::Result<Probe> {
+/// Read and check the superblock of a partition: `None` if it is not
+/// ext2/3/4, `Some(Err(why))` if its fields make no sense for the partition.
+fn superblock(read: &ReadAt, part_len: u64) -> io::Result<Option<Result<Super, String>>> {
     if part_len < 2048 {
-        return Ok(Probe::NotExt);
+        return Ok(None);
     }
     let mut sb = vec![0u8; 1024];
     read(1024, &mut sb)?;
     if le16(&sb, 0x38) != MAGIC {
-        return Ok(Probe::NotExt);
+        return Ok(None);
     }
     let s = match parse_super(&sb) {
         Ok(s) => s,
-        Err(why) => return Ok(Probe::Unsupported(format!("ext superblock: {why}"))),
+        Err(why) => return Ok(Some(Err(format!("ext superblock: {why}")))),
+    };
+    // The superblock's counts are the disk's word: a crafted one can make
+    // `blocks_count * block_size` wrap around to something that fits. Once
+    // the product is checked against the partition, every block number below
+    // `blocks_count` has a byte offset, and the number of groups (hence every
+    // allocation below) is bounded by the partition's length.
+    if s.blocks_count
+        .checked_mul(s.block_size)
+        .is_none_or(|bytes| bytes > part_len)
+    {
+        return Ok(Some(Err(format!(
+            "the ext filesystem ({} blocks of {} bytes) is larger than its {part_len}-byte partition",
+            s.blocks_count, s.block_size
+        ))));
+    }
+    Ok(Some(Ok(s)))
+}
+
+/// Whether a partition holding ext2/3/4 has a superblock that fits it
+/// (`Err` says why not). Not ext at all is `Ok`: the caller's reader says so.
+///
+/// Beyond what [`used`] needs, the superblock must mean the same to
+/// ext4-view 1.0, which sizes its group table from it: ext4-view
+/// (src/superblock.rs) takes `s_blocks_count_hi` even without the 64bit
+/// feature (the kernel's `ext4_blocks_count` ignores it then) and counts
+/// groups with the raw `s_blocks_per_group` (for bigalloc the kernel requires
+/// it to equal clusters per group times the cluster ratio, which is what
+/// [`parse_super`] uses).
+pub(super) fn check(read: &ReadAt, part_len: u64) -> io::Result<Result<(), String>> {
+    let s = match superblock(read, part_len)? {
+        None => return Ok(Ok(())),
+        Some(Err(why)) => return Ok(Err(why)),
+        Some(Ok(s)) => s,
+    };
+    let mut sb = vec![0u8; 1024];
+    read(1024, &mut sb)?;
+    if s.incompat & INCOMPAT_64BIT == 0 && le32(&sb, 0x150) != 0 {
+        return Ok(Err(
+            "s_blocks_count_hi is set but the filesystem has no 64bit feature".into(),
+        ));
+    }
+    if u64::from(le32(&sb, 0x20)) != s.blocks_per_group {
+        return Ok(Err(format!(
+            "s_blocks_per_group {} does not match {} clusters per group of {} blocks",
+            le32(&sb, 0x20),
+            le32(&sb, 0x24),
+            s.ratio
+        )));
+    }
+    Ok(Ok(()))
+}
+
+/// Probe a partition for ext2/3/4 and compute its used byte ranges.
+pub(super) fn used(read: &ReadAt, part_len: u64) -> io::Result<Probe> {
+    let s = match superblock(read, part_len)? {
+        None => return Ok(Probe::NotExt),
+        Some(Err(why)) => return Ok(Probe::Unsupported(why)),
+        Some(Ok(s)) => s,
     };
     if s.incompat & INCOMPAT_JOURNAL_DEV != 0 {
         return Ok(Probe::Unsupported("external ext4 journal device".into()));
-    }
-    if s.blocks_count * s.block_size > part_len {
-        return Ok(Probe::Unsupported(format!(
-            "the ext filesystem ({} blocks of {}) is larger than its partition",
-            s.blocks_count, s.block_size
-        )));
     }
     let bs = s.block_size as usize;
     let csum = s.ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM) != 0;
@@ -226,7 +279,13 @@ pub(super) fn used(read: &ReadAt, part_len: u64) -> io::Result<Probe> {
     for g in 0..ngroups {
         let b = s.desc_block(g);
         if b != loaded {
-            read(b * s.block_size, &mut block)?;
+            let at = b.checked_mul(s.block_size).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("group {g}'s descriptor block {b} is past any disk"),
+                )
+            })?;
+            read(at, &mut block)?;
             loaded = b;
         }
         let d = &block[((g % s.descs_per_block()) * s.desc_size) as usize..];

@@ -22,7 +22,7 @@ fn le32(b: &[u8], o: usize) -> u64 {
 
 /// The BIOS parameter block fields that locate a FAT volume's areas.
 #[derive(Debug)]
-pub(super) struct Bpb {
+pub(crate) struct Bpb {
     pub bytes_per_sector: u64,
     pub sectors_per_cluster: u64,
     pub reserved: u64,

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use crate::partition::{self, Extent, TableError, TableKind};
 
+pub(crate) use fat::Bpb;
+
 /// Block size of bmap files and of flash writes: 4 KiB, the ext4 block size
 /// and a multiple of every sector size in use.
 pub const DEFAULT_BLOCK_SIZE: u64 = 4096;
@@ -96,7 +98,10 @@ pub fn compute_file(
         });
     }
     let read_whole = |off: u64, buf: &mut [u8]| -> io::Result<()> {
-        if off + buf.len() as u64 > size {
+        if off
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > size)
+        {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         file.read_exact_at(buf, off)
@@ -170,7 +175,10 @@ pub fn compute_file(
     for p in &table.partitions {
         let base = p.extent.start;
         let read = |off: u64, buf: &mut [u8]| -> io::Result<()> {
-            if off + buf.len() as u64 > p.extent.len {
+            if off
+                .checked_add(buf.len() as u64)
+                .is_none_or(|end| end > p.extent.len)
+            {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
@@ -229,6 +237,23 @@ fn io_err(path: &Path, source: io::Error) -> UsedBlocksError {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Check the ext2/3/4 superblock of the partition at `extent` of `file`
+/// against the partition's length before a reader that trusts it (ext4-view
+/// sizes its group table from `s_blocks_count`) sees it. `Err` says what is
+/// wrong; a partition that is not ext at all passes (its reader says so).
+pub fn check_ext_superblock(file: &File, extent: Extent) -> Result<(), String> {
+    let read = |off: u64, buf: &mut [u8]| -> io::Result<()> {
+        if off
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > extent.len)
+        {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        file.read_exact_at(buf, extent.start + off)
+    };
+    ext4::check(&read, extent.len).map_err(|e| format!("cannot read the superblock: {e}"))?
 }
 
 /// Reads `buf.len()` bytes at an offset relative to the start of a partition.
