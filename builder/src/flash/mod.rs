@@ -170,7 +170,12 @@ pub fn run_with(
     if dev_size < img.min_size {
         return Err(too_small(device, dev_size, &img).into());
     }
-    let old_table = partition::read_table(dev, device, dev_size).ok();
+    let old = partition::read_table(dev, device, dev_size);
+    // A GPT we refuse to read (crafted, corrupt) still has a backup at the
+    // end of the disk that must go with it.
+    let old_gpt = matches!(&old, Ok(t) if t.kind == partition::TableKind::Gpt)
+        || matches!(&old, Err(partition::TableError::Gpt { .. }));
+    let old_table = old.ok();
     let held = signatures::scan(dev, dev_size, old_table.as_ref());
 
     // What is about to happen, and consent.
@@ -253,12 +258,7 @@ pub fn run_with(
     confirm(device, opts.yes)?;
 
     let started = Instant::now();
-    let mut bytes_written = writer::wipe(
-        dev,
-        device,
-        dev_size,
-        old_table.is_some_and(|t| t.kind == partition::TableKind::Gpt),
-    )?;
+    let mut bytes_written = writer::wipe(dev, device, dev_size, old_gpt)?;
     let wbar = progress::bytes(img.mapped_bytes(), "writing");
     // O_DIRECT where the device (or file system) allows it.
     let direct = device::reopen(&opened, true, nix::libc::O_DIRECT).ok();

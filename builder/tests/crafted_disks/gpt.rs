@@ -90,6 +90,10 @@ fn gpt_with_256_byte_entries_is_an_error_and_such_a_card_can_be_flashed() {
         "the DOS table was written"
     );
     assert_eq!(read_at(&card, MIB, 7), b"payload");
+    // The old backup GPT (last sector) is wiped too, although the table it
+    // belongs to could not be read: else tools would find and "repair" it.
+    let size = std::fs::metadata(&card).unwrap().len();
+    assert_ne!(read_at(&card, size - 512, 8), b"EFI PART");
 }
 
 #[test]
