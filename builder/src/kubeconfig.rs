@@ -21,7 +21,7 @@ const HEADER: &str = "# picluster admin kubeconfig";
 
 /// `kubeconfig` beside the cluster file.
 pub fn default_path(cluster_file: &Path) -> PathBuf {
-    picluster_profiles::secrets::secrets_path(cluster_file).with_file_name(FILE_NAME)
+    picluster_profiles::paths::beside(cluster_file, FILE_NAME)
 }
 
 /// The API address a workstation uses.

@@ -87,21 +87,23 @@ fn a_poisoned_checksum_list_is_refused_and_not_cached() {
 
 #[test]
 fn another_releases_checksum_list_is_refused_when_the_binary_is_pinned() {
-    // v1.33.5+k3s1's k3s-arm64 is pinned in images/k3s.toml (its airgap
-    // archive is not, so the list is read): a mirror that answers with the
-    // list of another build must not be believed, or cached.
+    // k3s-arm64 pinned, the air-gap archive not: the list is read, and a
+    // mirror that answers with the list of another build must not be
+    // believed, or cached.
     let d = tempfile::tempdir().unwrap();
-    support::k3s_mirror(&d.path().join("k3s"), "v1.33.5+k3s1", 1 << 16);
-    let mut c = cluster("v1.33.5+k3s1", &d.path().join("k3s"), "");
+    let version = "v1.33.4+k3s1";
+    support::k3s_mirror(&d.path().join("k3s"), version, 1 << 16);
+    let pinned = "21d032b2ca1bb2696c352eb0ff0c2d20bb06214b8c0a71b03494f958039ff06b";
+    let mut c = cluster(
+        version,
+        &d.path().join("k3s"),
+        &format!("k3s_sha256 = \"{pinned}\""),
+    );
     c.k3s.airgap = true;
     let fetcher = Fetcher::new(Cache::at(d.path().join("cache")).unwrap()).unwrap();
     let err = k3s::fetch_assets(&fetcher, &c).unwrap_err();
     assert!(matches!(err, K3sError::WrongRelease { .. }), "{err}");
-    assert!(
-        err.to_string()
-            .contains("21d032b2ca1bb2696c352eb0ff0c2d20bb06214b8c0a71b03494f958039ff06b"),
-        "{err}"
-    );
+    assert!(err.to_string().contains(pinned), "{err}");
     assert_eq!(cached_lists(&d.path().join("cache")), 0);
 }
 

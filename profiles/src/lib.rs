@@ -15,6 +15,7 @@ pub mod cmdline;
 pub mod error;
 pub mod network;
 pub mod node;
+pub mod paths;
 pub mod pki;
 pub mod platform;
 pub mod render;

@@ -61,7 +61,7 @@ pub fn file_names() -> Vec<String> {
 
 /// The `pki/` folder that belongs to a cluster file.
 pub fn pki_path(cluster_file: &Path) -> PathBuf {
-    crate::secrets::secrets_path(cluster_file).with_file_name(PKI_DIR)
+    crate::paths::beside(cluster_file, PKI_DIR)
 }
 
 /// The CA files, by name relative to `pki/`. Debug shows names only.

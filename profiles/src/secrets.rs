@@ -68,11 +68,7 @@ impl std::fmt::Debug for Secrets {
 
 /// The secrets file that belongs to a cluster file.
 pub fn secrets_path(cluster_file: &Path) -> PathBuf {
-    let dir = match cluster_file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    dir.join(SECRETS_FILE_NAME)
+    crate::paths::beside(cluster_file, SECRETS_FILE_NAME)
 }
 
 /// `n` random bytes as lower-case hex.
