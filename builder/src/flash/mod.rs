@@ -80,10 +80,7 @@ impl FlashError {
 
 /// The process exit code for an error returned by [`run`] or [`run_image`].
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err
-        .chain()
-        .any(|e| e.downcast_ref::<crate::interrupt::Interrupted>().is_some())
-    {
+    if crate::interrupt::caused(err) {
         return 130;
     }
     err.chain()
