@@ -8,17 +8,6 @@ use std::process::Command;
 
 use support::*;
 
-/// `picluster init DIR` with a fresh key of the test's own.
-fn init_with_key(cache: &Path, dir: &Path) {
-    let key = ssh_key(dir);
-    std::fs::write(dir.join("k.pub"), key).unwrap();
-    run(picluster(cache)
-        .arg("init")
-        .arg(dir)
-        .arg("--ssh-key")
-        .arg(dir.join("k.pub")));
-}
-
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }

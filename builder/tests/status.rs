@@ -14,13 +14,7 @@ use support::*;
 const HOST: &str = "127.0.0.120";
 
 fn init_loopback_cluster(cache: &Path, dir: &Path) {
-    let key = ssh_key(dir);
-    std::fs::write(dir.join("k.pub"), key).unwrap();
-    run(picluster(cache)
-        .arg("init")
-        .arg(dir)
-        .arg("--ssh-key")
-        .arg(dir.join("k.pub")));
+    init_with_key(cache, dir);
     // Every address on loopback: the test never sends a packet elsewhere.
     let cfg = dir.join("cluster.toml");
     let text = std::fs::read_to_string(&cfg)
