@@ -404,3 +404,57 @@ fn a_certificate_from_other_cas_is_refused_and_status_shows_reachability_only() 
         "{table}"
     );
 }
+
+#[test]
+fn kubectl_itself_uses_the_kubeconfig() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let dir = d.path().join("c");
+    std::fs::create_dir(&dir).unwrap();
+    init_loopback_cluster(&cache, &dir);
+    let api = start_api(&dir);
+    let kc = kubeconfig_for(&cache, &dir, api.port);
+    // What kubectl's discovery asks before listing nodes.
+    answer(
+        &api.root,
+        "/api",
+        serde_json::json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": format!("{HOST}:6443")}]}),
+    );
+    answer(
+        &api.root,
+        "/apis",
+        serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+    );
+    answer(
+        &api.root,
+        "/api/v1",
+        serde_json::json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+            "resources": [{"name": "nodes", "singularName": "node", "namespaced": false,
+                           "kind": "Node", "verbs": ["get", "list"], "shortNames": ["no"]}]}),
+    );
+    answer(
+        &api.root,
+        "/api/v1/nodes",
+        serde_json::json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {},
+            "items": [node("pi-master", true, &["control-plane"], Some("done"))]}),
+    );
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["get", "nodes", "-o", "name"])
+        .output()
+        .expect("kubectl is installed (Debian: kubernetes-client; tests/run.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim(), "node/pi-master");
+    let log = std::fs::read_to_string(api.root.join("requests.log")).unwrap();
+    assert!(
+        log.contains("commonName=picluster-admin /api/v1/nodes"),
+        "{log}"
+    );
+}
