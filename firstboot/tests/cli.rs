@@ -278,7 +278,12 @@ fn aarch64_binary_runs_under_qemu() {
         183,
         "e_machine is EM_AARCH64"
     );
-    let marker = format!("picluster-node-version:{}\0", env!("CARGO_PKG_VERSION"));
+    // `<version>+src.<sources>`: picluster build reads both (firstboot/src/lib.rs).
+    let marker = format!(
+        "picluster-node-version:{}+src.{}\0",
+        env!("CARGO_PKG_VERSION"),
+        picluster_node::SOURCE_ID
+    );
     assert!(
         bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
         "version marker missing from {}",
