@@ -23,6 +23,14 @@ fn init_loopback_cluster(cache: &Path, dir: &Path) {
     std::fs::write(&cfg, text).unwrap();
 }
 
+/// A loopback cluster in `d/name`, with `d/cache` as picluster's cache.
+fn new_cluster(d: &Path, name: &str) -> std::path::PathBuf {
+    let dir = d.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    init_loopback_cluster(&d.join("cache"), &dir);
+    dir
+}
+
 struct ApiServer {
     child: Child,
     port: u16,
@@ -179,9 +187,7 @@ fn status(cache: &Path, dir: &Path, extra: &[&str]) -> (bool, String, String) {
 fn status_shows_each_node_and_component_from_the_api_and_exits_zero_only_when_ready() {
     let d = tempfile::tempdir().unwrap();
     let cache = d.path().join("cache");
-    let dir = d.path().join("c");
-    std::fs::create_dir(&dir).unwrap();
-    init_loopback_cluster(&cache, &dir);
+    let dir = new_cluster(d.path(), "c");
     let api = start_api(&dir);
     kubeconfig_for(&cache, &dir, api.port);
     // pi-worker-3 has not registered: it is missing from the answer.
@@ -352,12 +358,8 @@ fn status_shows_each_node_and_component_from_the_api_and_exits_zero_only_when_re
 fn a_certificate_from_other_cas_is_refused_and_status_shows_reachability_only() {
     let d = tempfile::tempdir().unwrap();
     let cache = d.path().join("cache");
-    let dir = d.path().join("c");
-    let other = d.path().join("other");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::create_dir(&other).unwrap();
-    init_loopback_cluster(&cache, &dir);
-    init_loopback_cluster(&cache, &other);
+    let dir = new_cluster(d.path(), "c");
+    let other = new_cluster(d.path(), "other");
     let api = start_api(&dir);
     answer(
         &api.root,
@@ -409,9 +411,7 @@ fn a_certificate_from_other_cas_is_refused_and_status_shows_reachability_only() 
 fn kubectl_itself_uses_the_kubeconfig() {
     let d = tempfile::tempdir().unwrap();
     let cache = d.path().join("cache");
-    let dir = d.path().join("c");
-    std::fs::create_dir(&dir).unwrap();
-    init_loopback_cluster(&cache, &dir);
+    let dir = new_cluster(d.path(), "c");
     let api = start_api(&dir);
     let kc = kubeconfig_for(&cache, &dir, api.port);
     // What kubectl's discovery asks before listing nodes.
