@@ -22,7 +22,7 @@ picluster="$repo/target/release/picluster"
 export PICLUSTER_AGENT="$repo/target/aarch64-unknown-linux-musl/release/picluster-node"
 
 [ -f "$dir/cluster.toml" ] || "$picluster" init "$dir"
-"$picluster" secrets -c "$dir/cluster.toml" >/dev/null
+"$picluster" secrets -c "$dir/cluster.toml"
 "$picluster" plan -c "$dir/cluster.toml" >/dev/null
 "$picluster" build -c "$dir/cluster.toml" --out "$dir/images"
 echo "images are in $dir/images; see README.md \"Flashing\" to write them to cards"
