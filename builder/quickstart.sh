@@ -5,7 +5,8 @@
 #
 # 1. adds the aarch64 Rust target and builds the node agent and the picluster CLI (release);
 # 2. `picluster init DIR` unless DIR/cluster.toml exists (the four-node sample, your
-#    ~/.ssh/id_*.pub, fresh secrets in DIR/secrets.toml, mode 0600);
+#    ~/.ssh/id_*.pub, fresh secrets in DIR/secrets.toml, mode 0600, the cluster's CAs
+#    in DIR/pki); `picluster secrets` adds what an older DIR lacks;
 # 3. `picluster build -c DIR/cluster.toml --out DIR/images [BUILD ARGS…]`, which downloads
 #    and verifies the pinned Raspberry Pi OS image and K3s release (cached for next time).
 #    Offline, pass a local image: builder/quickstart.sh my-cluster -- --base ~/pios.img.xz
@@ -41,6 +42,8 @@ picluster="$repo/target/release/picluster"
 export PICLUSTER_AGENT="$repo/target/aarch64-unknown-linux-musl/release/picluster-node"
 
 [ -f "$dir/cluster.toml" ] || "$picluster" init "$dir"
+"$picluster" secrets -c "$dir/cluster.toml"
 "$picluster" plan -c "$dir/cluster.toml" >/dev/null
 "$picluster" build -c "$dir/cluster.toml" --out "$dir/images" "$@"
 echo "images are in $dir/images; see README.md \"Flashing\" to write them to cards"
+echo "then: picluster status -c $dir/cluster.toml --watch; kubectl --kubeconfig $dir/images/kubeconfig get nodes"

@@ -20,7 +20,8 @@ say "system packages"
 need=()
 for pair in mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk mke2fs:e2fsprogs \
             qemu-aarch64-static:qemu-user-static bmaptool:bmap-tools xz:xz-utils shellcheck:shellcheck \
-            ssh-keygen:openssh-client losetup:mount python3:python3; do
+            ssh-keygen:openssh-client losetup:mount python3:python3 \
+            openssl:openssl kubectl:kubernetes-client; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 # The platform self-test's tests start a real PostgreSQL (not on PATH in Debian).

@@ -36,6 +36,8 @@ pub enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Write an admin kubeconfig for the cluster (client certificate from its CAs).
     Kubeconfig(cmd::kubeconfig::KubeconfigArgs),
+    /// Show every node's first-boot progress and the data platform's state, from the workstation.
+    Status(cmd::status::StatusArgs),
     /// Write an image to an SD card or NVMe drive: only the blocks in use, verified.
     Flash(cmd::flash::FlashCmd),
 }
@@ -51,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(a) => cmd::build::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Kubeconfig(a) => cmd::kubeconfig::run(a),
+        Command::Status(a) => cmd::status::run(a),
         Command::Flash(a) => cmd::flash::run(a),
     }
 }

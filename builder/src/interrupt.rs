@@ -33,7 +33,31 @@ pub fn check() -> Result<(), Interrupted> {
     }
 }
 
+/// Whether `err` comes from Ctrl-C. Copy loops carry [`Interrupted`] inside an
+/// `io::Error`, whose `source()` skips the error it wraps, so look inside.
+pub fn caused(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<Interrupted>().is_some()
+            || e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.downcast_ref::<Interrupted>().is_some())
+    })
+}
+
 /// For tests: pretend Ctrl-C was pressed (or reset).
 pub fn simulate(on: bool) {
     INTERRUPTED.store(on, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctrl_c_inside_an_io_error_is_still_ctrl_c() {
+        let io = std::io::Error::other(Interrupted);
+        let err = anyhow::Error::new(io).context("cannot copy the base image");
+        assert!(caused(&err));
+        assert!(!caused(&anyhow::anyhow!("disk full")));
+    }
 }

@@ -26,5 +26,6 @@ pub mod pki;
 pub mod progress;
 pub mod region;
 pub mod rootfs;
+pub mod status;
 pub mod usedblocks;
 pub mod writeback;

@@ -8,9 +8,11 @@
 //!
 //! Key and certificate choices follow what K3s makes itself (k3s v1.33
 //! `pkg/daemons/control/deps/deps.go` with rancher/dynamiclistener `cert`):
-//! ECDSA P-256 keys for every CA and for `service.key`, written as SEC1
+//! ECDSA P-256 keys for every CA (`LoadOrGenerateKeyFile`), written as SEC1
 //! `EC PRIVATE KEY` PEM (client-go's `keyutil` reads SEC1 for EC keys, not
-//! PKCS#8), self-signed CA certificates valid 10 years (docs.k3s.io
+//! PKCS#8), an RSA 2048 `service.key` (`genServiceAccount` uses
+//! dynamiclistener's RSA `NewPrivateKey`), self-signed CA certificates valid
+//! 10 years (docs.k3s.io
 //! "Certificate Management": K3s's own CAs last 10 years), one certificate
 //! per file so the token hash is the hash of the file (see `ca_hash`).
 
@@ -111,8 +113,12 @@ pub fn generate(now: i64) -> Result<ClusterPki> {
         files.insert(format!("{base}.crt"), cert.pem());
         files.insert(format!("{base}.key"), key_pem);
     }
-    let (service_key, _) = new_key()?;
-    files.insert(pki::SERVICE_KEY.to_string(), service_key);
+    // K3s makes service.key with dynamiclistener's `cert.NewPrivateKey`:
+    // RSA 2048 (rancher/dynamiclistener cert/cert.go). PKCS#8 PEM, which
+    // client-go's keyutil reads for RSA keys (PKCS#1, then PKCS#8).
+    let service = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .context("cannot generate the RSA service-account key")?;
+    files.insert(pki::SERVICE_KEY.to_string(), service.serialize_pem());
     Ok(ClusterPki { files })
 }
 

@@ -598,3 +598,47 @@ fn airgap_images_are_fetched_verified_and_placed() {
     );
     assert!(!s.path("out2").join("pi-worker-3.img").exists());
 }
+
+#[test]
+fn a_join_cluster_builds_without_cas_or_kubeconfig_and_says_why() {
+    let s = setup(&[]);
+    let cfg = s.config();
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "[cluster]\n",
+        "[cluster]\njoin = \"https://k3s.example.net:6443\"\n",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let hash = "e".repeat(64);
+    for (file, token) in [
+        ("server.token", format!("K10{hash}::server:srv-secret")),
+        ("agent.token", format!("K10{hash}::node:agent-secret")),
+    ] {
+        std::fs::write(s.path(file), token).unwrap();
+        run(s
+            .cmd()
+            .arg("secrets")
+            .arg("-c")
+            .arg(&cfg)
+            .arg("--join-token")
+            .arg(s.path(file)));
+    }
+    let out = s.build("out", &["--node", "pi-worker-1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("no kubeconfig: the nodes join https://k3s.example.net:6443"),
+        "{err}"
+    );
+    assert!(!s.path("out/kubeconfig").exists());
+    let (start, len) = partitions(&s.path("out/pi-worker-1.img"))[0];
+    let p1 = s.path("p1");
+    extract(&s.path("out/pi-worker-1.img"), start, len, &p1);
+    let secrets = mtype(&p1, "picluster-secrets.json");
+    assert_eq!(
+        config_token(&secrets),
+        format!("K10{hash}::node:agent-secret"),
+        "the joined cluster's own token"
+    );
+    assert!(!secrets.contains("PRIVATE KEY") && !secrets.contains("server/tls"));
+}

@@ -15,17 +15,6 @@ fn secret_values(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// `picluster init DIR` with a fresh key of the test's own.
-fn init_with_key(cache: &std::path::Path, dir: &std::path::Path) {
-    let key = ssh_key(dir);
-    std::fs::write(dir.join("k.pub"), key).unwrap();
-    run(picluster(cache)
-        .arg("init")
-        .arg(dir)
-        .arg("--ssh-key")
-        .arg(dir.join("k.pub")));
-}
-
 #[test]
 fn plan_refuses_the_sample_key_and_says_how_to_add_a_real_one() {
     let d = tempfile::tempdir().unwrap();

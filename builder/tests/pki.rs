@@ -8,17 +8,6 @@ use std::process::Command;
 
 use support::*;
 
-/// `picluster init DIR` with a fresh key of the test's own.
-fn init_with_key(cache: &Path, dir: &Path) {
-    let key = ssh_key(dir);
-    std::fs::write(dir.join("k.pub"), key).unwrap();
-    run(picluster(cache)
-        .arg("init")
-        .arg(dir)
-        .arg("--ssh-key")
-        .arg(dir.join("k.pub")));
-}
-
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -70,7 +59,7 @@ fn init_makes_self_signed_p256_cas_k3s_accepts_private_and_kept() {
             &[&crt],
         );
         assert!(end.contains("will not expire"), "{end}");
-        // SEC1 P-256, as K3s writes (dynamiclistener cert.NewPrivateKey).
+        // SEC1 P-256, as K3s writes its CA keys (LoadOrGenerateKeyFile).
         let k = std::fs::read_to_string(&key).unwrap();
         assert!(k.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{ca}");
         let kt = openssl(&["ec", "-noout", "-text", "-in"], &[&key]);
@@ -82,7 +71,12 @@ fn init_makes_self_signed_p256_cas_k3s_accepts_private_and_kept() {
     }
     let service = pki.join("service.key");
     assert_eq!(mode(&service), 0o600);
-    assert!(openssl(&["ec", "-noout", "-text", "-in"], &[&service]).contains("prime256v1"));
+    // RSA 2048, as K3s makes it (dynamiclistener cert.NewPrivateKey).
+    let text = openssl(&["rsa", "-check", "-noout", "-text", "-in"], &[&service]);
+    assert!(
+        text.contains("Private-Key: (2048 bit") && text.contains("RSA key ok"),
+        "{text}"
+    );
 
     // Never overwritten: `secrets` leaves an existing PKI alone.
     let before = std::fs::read(pki.join("server-ca.crt")).unwrap();

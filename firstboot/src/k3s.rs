@@ -298,6 +298,36 @@ pub fn before_start_files(
     (files, how)
 }
 
+/// Publish the agent's step on its own Node object (what `picluster status`
+/// shows), with the node's kubelet credentials: the Node authorizer and the
+/// NodeRestriction admission plugin let a node change its own Node object
+/// (kubernetes `plugin/pkg/admission/noderestriction`), and servers run a
+/// kubelet with the same kubeconfig. Best effort: failure is only logged.
+pub fn publish_step(host: &Host, bundle: &NodeBundle, step: &str) {
+    use picluster_profiles::bundle::annotations;
+    let name = &bundle.node.name;
+    let cmd = Cmd::live(node_paths::K3S_BINARY).args([
+        "kubectl".to_string(),
+        "annotate".into(),
+        format!("--kubeconfig={KUBELET_KUBECONFIG}"),
+        "--overwrite".into(),
+        "--request-timeout=10s".into(),
+        format!("node/{name}"),
+        format!("{}={step}", annotations::STEP),
+        format!("{}={}", annotations::AGENT_VERSION, crate::VERSION),
+    ]);
+    match host.try_run(&cmd) {
+        Ok(out) if out.success() => {}
+        Ok(out) => host.log.warn(&format!(
+            "cannot publish step {step:?} on node/{name}: {}",
+            out.tail()
+        )),
+        Err(e) => host.log.warn(&format!(
+            "cannot publish step {step:?} on node/{name}: {e:#}"
+        )),
+    }
+}
+
 /// One bounded readiness check. `Err` says why the node is not Ready.
 pub fn check_ready(host: &Host, bundle: &NodeBundle) -> std::result::Result<String, String> {
     let name = &bundle.node.name;

@@ -327,6 +327,7 @@ fn wait_ready(c: &mut Stage2) -> Result<String> {
         attempt += 1;
         match k3s::check_ready(host, &c.bundle) {
             Ok(how) => {
+                k3s::publish_step(host, &c.bundle, "ready");
                 return Ok(format!(
                     "{name} is Ready ({how}) after {} and {attempt} check(s)",
                     span((host.env.now() - start).max(0) as u64)
@@ -369,7 +370,14 @@ fn wait_ready(c: &mut Stage2) -> Result<String> {
 }
 
 fn write_manifests(c: &mut Stage2) -> Result<String> {
-    let written = write_files(c.host, c.bundle.files_for(&c.secrets, Phase::AfterReady))?;
+    let written = match write_files(c.host, c.bundle.files_for(&c.secrets, Phase::AfterReady)) {
+        Ok(w) => w,
+        Err(e) => {
+            let why = first_line(&format!("{e:#}"), 200);
+            k3s::publish_step(c.host, &c.bundle, &format!("manifests failed: {why}"));
+            return Err(e);
+        }
+    };
     if written.is_empty() {
         return Ok("no manifests for this node".into());
     }
@@ -394,6 +402,7 @@ fn finish(c: &mut Stage2) -> Result<String> {
             utc(host.env.now())
         ),
     )?;
+    k3s::publish_step(host, b, "done");
     host.run(host.systemctl_files(&["disable", node_paths::AGENT_UNIT]))?;
     Ok(format!(
         "node set up; {} disabled (it has nothing left to do)",

@@ -278,6 +278,7 @@ fn aarch64_binary_runs_under_qemu() {
         183,
         "e_machine is EM_AARCH64"
     );
+    // `<version>+src.<sources>`: picluster build reads both (firstboot/src/lib.rs).
     let marker = format!(
         "picluster-node-version:{}+src.{}\0",
         env!("CARGO_PKG_VERSION"),

@@ -134,6 +134,9 @@ fn agent_installs_k3s_writes_its_config_and_waits_for_the_kubelet() {
             "systemctl is-active k3s-agent.service".into(),
             // Ready is the Node's condition, read with the kubelet's own credentials.
             "/usr/local/bin/k3s kubectl wait --kubeconfig=/var/lib/rancher/k3s/agent/kubelet.kubeconfig --for=condition=Ready --timeout=60s node/pi-worker-1".into(),
+            // The agent's progress, on its own Node for `picluster status`.
+            format!("/usr/local/bin/k3s kubectl annotate --kubeconfig=/var/lib/rancher/k3s/agent/kubelet.kubeconfig --overwrite --request-timeout=10s node/pi-worker-1 picluster.io/step=ready picluster.io/agent-version={}", picluster_node::VERSION),
+            format!("/usr/local/bin/k3s kubectl annotate --kubeconfig=/var/lib/rancher/k3s/agent/kubelet.kubeconfig --overwrite --request-timeout=10s node/pi-worker-1 picluster.io/step=done picluster.io/agent-version={}", picluster_node::VERSION),
             format!("systemctl --root={r} disable picluster-node.service"),
         ]
     );
@@ -753,5 +756,87 @@ fn wrong_tokens_and_surviving_etcd_members_are_explained() {
             && hint.contains("#12908")
             && hint.contains("member remove <ID>"),
         "{hint}"
+    );
+}
+
+/// Stand-in CA files: the agent copies bytes, the hash is over bytes.
+fn stand_in_pki() -> picluster_profiles::pki::ClusterPki {
+    picluster_profiles::pki::ClusterPki {
+        files: picluster_profiles::pki::file_names()
+            .into_iter()
+            .map(|n| {
+                let label = if n.ends_with(".crt") {
+                    "CERTIFICATE"
+                } else {
+                    "EC PRIVATE KEY"
+                };
+                (
+                    n.clone(),
+                    format!("-----BEGIN {label}-----\nstand-in {n}\n-----END {label}-----\n"),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn first_server_has_the_cas_in_server_tls_before_k3s_starts_and_tokens_pin_them() {
+    let f = Fixture::with_pki(SAMPLE_CLUSTER, "pi-master", stand_in_pki());
+    after_stage1(&f);
+    // Stop right after `k3s-config` (the 7th step): K3s has not started yet.
+    stage2::run(&f.host(), Some(7)).unwrap();
+    assert!(
+        !f.recorder.lines().iter().any(|l| l.contains("restart")),
+        "{:?}",
+        f.recorder.lines()
+    );
+    let tls = "/var/lib/rancher/k3s/server/tls";
+    for name in picluster_profiles::pki::file_names() {
+        let path = format!("{tls}/{name}");
+        assert_eq!(f.meta(&path), (0o600, 0, 0), "{path}");
+    }
+    // The token's CA hash is sha256sum of the server CA file K3s will serve.
+    let sum = std::process::Command::new("sha256sum")
+        .arg(f.root.join(&tls[1..]).join("server-ca.crt"))
+        .output()
+        .unwrap();
+    let hash = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let config = f.read(node_paths::K3S_CONFIG);
+    assert!(
+        config.contains(&format!(
+            "token: \"K10{hash}::server:{}\"\n",
+            f.secrets.k3s_token
+        )),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!(
+            "agent-token: \"K10{hash}::node:{}\"\n",
+            f.secrets.k3s_agent_token
+        )),
+        "{config}"
+    );
+}
+
+#[test]
+fn agents_get_no_ca_file_and_an_agent_token_pinning_the_ca() {
+    let pki = stand_in_pki();
+    let hash = pki.ca_hash();
+    let f = Fixture::with_pki(SAMPLE_CLUSTER, "pi-worker-1", pki);
+    after_stage1(&f);
+    stage2::run(&f.host(), None).unwrap();
+    assert!(!f.root.join("var/lib/rancher/k3s/server/tls").exists());
+    assert!(files_containing(&f.root, "PRIVATE KEY").is_empty());
+    let config = f.read(node_paths::K3S_CONFIG);
+    assert!(
+        config.contains(&format!(
+            "token: \"K10{hash}::node:{}\"\n",
+            f.secrets.k3s_agent_token
+        )),
+        "{config}"
     );
 }

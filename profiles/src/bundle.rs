@@ -62,6 +62,15 @@ pub mod node_paths {
     pub const MANIFESTS_DIR: &str = "/var/lib/rancher/k3s/server/manifests";
 }
 
+/// Annotations the node agent sets on its own Node object once it has
+/// registered, and `picluster status` reads from the workstation.
+pub mod annotations {
+    /// The last first-boot step the agent finished (or what failed).
+    pub const STEP: &str = "picluster.io/step";
+    /// The agent's version.
+    pub const AGENT_VERSION: &str = "picluster.io/agent-version";
+}
+
 /// A Unix permission mode, written as an octal string ("0600") in JSON.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Mode(pub u32);

@@ -783,3 +783,75 @@ fn teardown_scripts_are_rendered_per_role_and_pass_bash_n_and_shellcheck() {
         assert!(un.contains("/usr/local/bin/k3s-killall.sh\n"));
     }
 }
+
+fn stand_in_pki() -> picluster_profiles::pki::ClusterPki {
+    picluster_profiles::pki::ClusterPki {
+        files: picluster_profiles::pki::file_names()
+            .into_iter()
+            .map(|n| (n.clone(), format!("stand-in {n}\n")))
+            .collect(),
+    }
+}
+
+#[test]
+fn with_the_cluster_cas_every_token_pins_them_and_only_the_first_server_carries_them() {
+    use picluster_profiles::render::render_node;
+    // Three servers: the other two join, and get the CAs from the cluster.
+    let text = SAMPLE_CLUSTER.replacen("role = \"agent\"", "role = \"server\"", 2);
+    let c = parse(&text).unwrap();
+    let mut secrets = picluster_profiles::Secrets::generate().unwrap();
+    secrets.fill_platform(&c.platform).unwrap();
+    secrets.pki = Some(stand_in_pki());
+    let hash = secrets.pki.as_ref().unwrap().ca_hash();
+    for node in &c.nodes {
+        let (_, s) = render_node(&c, &secrets, node, &render_inputs()).unwrap();
+        let y = config_yaml(&s);
+        let tls: Vec<&str> = s
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with("/var/lib/rancher/k3s/server/tls/"))
+            .map(|f| f.path.as_str())
+            .collect();
+        let want = match node.role {
+            picluster_profiles::Role::Server => {
+                format!("token: \"K10{hash}::server:{}\"\n", secrets.k3s_token)
+            }
+            picluster_profiles::Role::Agent => {
+                format!("token: \"K10{hash}::node:{}\"\n", secrets.k3s_agent_token)
+            }
+        };
+        assert!(y.contains(&want), "{}: {y}", node.name);
+        if node.role == picluster_profiles::Role::Server {
+            assert!(
+                y.contains(&format!(
+                    "agent-token: \"K10{hash}::node:{}\"\n",
+                    secrets.k3s_agent_token
+                )),
+                "{y}"
+            );
+        }
+        assert_eq!(tls.len(), if node.init { 11 } else { 0 }, "{}", node.name);
+    }
+}
+
+#[test]
+fn a_join_cluster_never_carries_cas_or_pins_its_own_hash() {
+    use picluster_profiles::render::render_node;
+    let c = parse(&join_cluster()).unwrap();
+    let mut secrets = picluster_profiles::Secrets::generate().unwrap();
+    secrets.fill_platform(&c.platform).unwrap();
+    // A pki/ left over from before `join` was set plays no part.
+    secrets.pki = Some(stand_in_pki());
+    secrets.set_join_token("plain-join-token").unwrap();
+    for node in &c.nodes {
+        let (_, s) = render_node(&c, &secrets, node, &render_inputs()).unwrap();
+        assert!(config_yaml(&s).contains("token: \"plain-join-token\"\n"));
+        assert!(
+            s.files
+                .iter()
+                .all(|f| !f.path.contains("/server/tls/") && !f.content.contains("stand-in")),
+            "{}",
+            node.name
+        );
+    }
+}

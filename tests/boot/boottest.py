@@ -601,6 +601,7 @@ def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture:
     checks.ok(own_token.encode() in fat, f"{name}: its join token is on the boot partition before boot (so the scrub check means something)")
     if role == "agent":
         checks.ok(secrets["k3s_token"].encode() not in fat, f"{name}: an agent's image never carries the server token")
+        checks.ok(re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", fat) is None, f"{name}: an agent's image carries no private key")
 
     machine = PiMachine(MachineConfig(
         image=image, kernel=fixture / "vmlinuz", initrd=fixture / "initrd.img", workdir=nwork,
@@ -656,11 +657,22 @@ def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture:
         checks.equal(ssh.out("sudo stat -c '%a %U' /etc/rancher/k3s/config.yaml"), "600 root", f"{name}: config.yaml is root 0600")
         if role == "server":
             checks.ok("cluster-init: true" in config, f"{name}: first server has cluster-init: true")
-            checks.ok(f'token: "{secrets["k3s_token"]}"' in config, f"{name}: server config has the server token")
+            checks.ok(f'token: "K10{secrets["ca_hash"]}::server:{secrets["k3s_token"]}"' in config,
+                      f"{name}: server config has the server token, pinning the shipped CA")
+            tls = ssh.out("sudo cat /var/lib/k3s-standin/last-tls").splitlines()
+            want = sorted(f"600 {n}" for n in ("server-ca.crt", "server-ca.key", "client-ca.crt", "client-ca.key",
+                                               "request-header-ca.crt", "request-header-ca.key", "etcd/peer-ca.crt",
+                                               "etcd/peer-ca.key", "etcd/server-ca.crt", "etcd/server-ca.key",
+                                               "service.key"))
+            checks.equal(tls, want, f"{name}: the CA files were in server/tls, 0600, when k3s started")
+            shipped = ssh.out("sudo sha256sum /var/lib/rancher/k3s/server/tls/server-ca.crt").split()[0]
+            checks.equal(shipped, secrets["ca_hash"], f"{name}: the server CA k3s found is the one the token pins")
             checks.ok("picluster.io/boottest=yes" in config, f"{name}: node label rendered")
         else:
             checks.ok('server: "https://192.168.0.120:6443"' in config, f"{name}: agent joins https://192.168.0.120:6443")
-            checks.ok(f'token: "{secrets["k3s_agent_token"]}"' in config, f"{name}: agent config has the agent token")
+            checks.ok(f'token: "K10{secrets["ca_hash"]}::node:{secrets["k3s_agent_token"]}"' in config,
+                      f"{name}: agent config has the agent token, pinning the cluster CA")
+            checks.equal(ssh.out("sudo cat /var/lib/k3s-standin/last-tls"), "", f"{name}: an agent has no CA file")
             checks.ok(secrets["k3s_token"] not in config, f"{name}: agent config lacks the server token")
         checks.ok(f'node-name: "{name}"' in config and f'node-ip: "{ip}"' in config, f"{name}: node-name and node-ip")
         checks.equal(ssh.out("sudo cat /etc/rancher/node/password"), secret_values["node password"], f"{name}: stable node password")
@@ -750,6 +762,10 @@ def full(args) -> int:
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "boottest@picluster", "-f", str(key)])
         pubkey = key.with_suffix(".pub").read_text().strip()
         cluster, secrets = write_cluster(work, fixture, mirror.url, pubkey)
+        # The cluster's CAs beside secrets.toml (as `picluster init` makes them);
+        # tokens pin the server CA by the SHA-256 of its file (k3s hashCA).
+        run([str(picluster), "secrets", "-c", str(cluster)])
+        secrets["ca_hash"] = hashlib.sha256((cluster.parent / "pki" / "server-ca.crt").read_bytes()).hexdigest()
         nodes = [n for n in NODES if not args.node or n["name"] in args.node]
 
         step("picluster build")

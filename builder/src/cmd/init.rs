@@ -219,8 +219,9 @@ pub fn secrets(args: &SecretsArgs) -> Result<()> {
         Ok(Some(field))
     };
     if path.exists() {
-        let made_pki = ensure_pki(&cluster)?;
+        // A secrets file with problems stops here, before anything is made.
         let mut secrets = Secrets::load_for(&args.config)?;
+        let made_pki = ensure_pki(&cluster)?;
         let mut added = secrets.fill_platform(&cluster.platform)?;
         if let Some(field) = store_join(&mut secrets)? {
             added.push(field.to_string());

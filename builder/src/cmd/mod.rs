@@ -7,3 +7,4 @@ pub mod init;
 pub mod inspect;
 pub mod kubeconfig;
 pub mod plan;
+pub mod status;

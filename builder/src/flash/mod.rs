@@ -84,14 +84,7 @@ impl FlashError {
 
 /// The process exit code for an error returned by [`run`] or [`run_image`].
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    // Ctrl-C, also where it travelled inside an io::Error (readers, copies).
-    let interrupted = |e: &(dyn std::error::Error + 'static)| {
-        e.is::<crate::interrupt::Interrupted>()
-            || e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .is_some_and(|inner| inner.is::<crate::interrupt::Interrupted>())
-    };
-    if err.chain().any(interrupted) {
+    if crate::interrupt::caused(err) {
         return 130;
     }
     err.chain()

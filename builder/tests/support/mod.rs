@@ -185,6 +185,17 @@ pub fn ssh_key(dir: &Path) -> String {
         .to_string()
 }
 
+/// `picluster init DIR` with a fresh key of the test's own.
+pub fn init_with_key(cache: &Path, dir: &Path) {
+    let key = ssh_key(dir);
+    std::fs::write(dir.join("k.pub"), key).unwrap();
+    run(picluster(cache)
+        .arg("init")
+        .arg(dir)
+        .arg("--ssh-key")
+        .arg(dir.join("k.pub")));
+}
+
 /// `picluster` with a private cache directory.
 pub fn picluster(cache: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_picluster"));

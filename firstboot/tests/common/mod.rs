@@ -12,6 +12,7 @@ use picluster_node::host::{Host, Recorder, Runner, SimulatedEnvironment, Timing}
 use picluster_node::log::Log;
 use picluster_node::testing::{self, write};
 use picluster_profiles::bundle::{BootAsset, NodeBundle, NodeSecrets, boot_files};
+use picluster_profiles::pki::ClusterPki;
 use picluster_profiles::render::{RenderInputs, added_kernel_args, render_node};
 use picluster_profiles::{Cluster, SAMPLE_CLUSTER, Secrets, cmdline};
 use sha2::{Digest, Sha256};
@@ -83,20 +84,26 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(cluster_text: &str, node: &str) -> Fixture {
-        Fixture::build(cluster_text, node, false)
+        Fixture::build(cluster_text, node, false, None)
     }
 
     pub fn with_airgap(cluster_text: &str, node: &str) -> Fixture {
-        Fixture::build(cluster_text, node, true)
+        Fixture::build(cluster_text, node, true, None)
     }
 
-    fn build(cluster_text: &str, node: &str, airgap: bool) -> Fixture {
+    /// Rendered with the cluster's CAs in `pki/` (as `picluster build` does).
+    pub fn with_pki(cluster_text: &str, node: &str, pki: ClusterPki) -> Fixture {
+        Fixture::build(cluster_text, node, false, Some(pki))
+    }
+
+    fn build(cluster_text: &str, node: &str, airgap: bool, pki: Option<ClusterPki>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let boot = root.join("boot/firmware");
         let cluster = Cluster::parse(Path::new("cluster.toml"), cluster_text).unwrap();
         let mut secrets = Secrets::generate().unwrap();
         secrets.fill_platform(&cluster.platform).unwrap();
+        secrets.pki = pki;
         let k3s = k3s_bytes();
         let air = airgap_bytes();
         let inputs = RenderInputs {

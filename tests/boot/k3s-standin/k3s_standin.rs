@@ -22,6 +22,8 @@ const VERSION: &str = match option_env!("K3S_STANDIN_VERSION") {
 };
 const LOG_DIR: &str = "/var/lib/k3s-standin";
 const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
+/// Where K3s looks for pre-made CA files at first start.
+const TLS_DIR: &str = "/var/lib/rancher/k3s/server/tls";
 const NOT_REAL: &str = "k3s stand-in (picluster boot test): no Kubernetes API here, the node never becomes Ready";
 
 fn now() -> u64 {
@@ -82,6 +84,23 @@ fn notify_ready() -> Result<(), String> {
     Ok(())
 }
 
+/// "<mode> <path>" for every file below `dir` (sorted), as found at start.
+fn tls_listing(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+        match e.metadata() {
+            Ok(m) if m.is_dir() => tls_listing(&e.path(), &format!("{name}/"), out),
+            Ok(m) => out.push(format!("{:o} {name}", m.permissions().mode() & 0o7777)),
+            Err(_) => {}
+        }
+    }
+    out.sort();
+}
+
 fn run_service(args: &[String]) -> ExitCode {
     let config = fs::read(CONFIG);
     log_line(
@@ -100,10 +119,17 @@ fn run_service(args: &[String]) -> ExitCode {
     // The latest start, without timestamps, so a test can compare boots.
     let mut argv = args.join("\n");
     argv.push('\n');
-    let recorded = write_private("last-args", argv.as_bytes()).and_then(|()| match &config {
-        Ok(c) => write_private("last-config.yaml", c),
-        Err(_) => write_private("last-config.yaml", b""),
-    });
+    // The CA files K3s would use instead of making its own, as they are when
+    // it starts (the first server's come from picluster's pki/).
+    let mut tls = Vec::new();
+    tls_listing(Path::new(TLS_DIR), "", &mut tls);
+    let tls: String = tls.iter().map(|l| format!("{l}\n")).collect();
+    let recorded = write_private("last-args", argv.as_bytes())
+        .and_then(|()| write_private("last-tls", tls.as_bytes()))
+        .and_then(|()| match &config {
+            Ok(c) => write_private("last-config.yaml", c),
+            Err(_) => write_private("last-config.yaml", b""),
+        });
     if let Err(e) = recorded {
         eprintln!("k3s stand-in: cannot record this start in {LOG_DIR}: {e}");
         return ExitCode::from(1);
