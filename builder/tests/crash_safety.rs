@@ -9,7 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use picluster::flash;
-use picluster::usedblocks::{self, DEFAULT_BLOCK_SIZE};
 use support::cluster::setup;
 use support::loopdev::Loop;
 use support::*;
@@ -164,14 +163,7 @@ fn flash_killed_at_any_point_leaves_a_card_that_is_whole_or_has_no_table() {
         );
         if head == image_head {
             // The table is written last: everything else must be there too.
-            let used = usedblocks::compute(&img, DEFAULT_BLOCK_SIZE).unwrap();
-            for r in &used.ranges {
-                run(Command::new("cmp")
-                    .arg(format!("--ignore-initial={}:{}", r.start, r.start))
-                    .arg(format!("--bytes={}", r.len))
-                    .arg(&img)
-                    .arg(&l.dev));
-            }
+            support::loopdev::cmp_mapped(&img, &l.dev);
         }
     }
     assert!(

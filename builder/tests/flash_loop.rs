@@ -14,21 +14,10 @@ use picluster::bmap::Bmap;
 use picluster::flash::device::System;
 use picluster::flash::{self, FlashOptions};
 use picluster::usedblocks::{self, DEFAULT_BLOCK_SIZE};
-use support::loopdev::{GARBAGE, Loop, fill, yes};
+use support::loopdev::{GARBAGE, Loop, cmp_mapped, fill, yes};
 use support::{fixture, run};
 
 /// `cmp` every mapped range of `image` against `dev`.
-fn cmp_mapped(image: &Path, dev: &Path) {
-    let used = usedblocks::compute(image, DEFAULT_BLOCK_SIZE).unwrap();
-    for r in &used.ranges {
-        run(Command::new("cmp")
-            .arg(format!("--ignore-initial={}:{}", r.start, r.start))
-            .arg(format!("--bytes={}", r.len))
-            .arg(image)
-            .arg(dev));
-    }
-}
-
 fn fsck_both(l: &Loop) {
     run(Command::new("fsck.vfat").arg("-n").arg(l.part(1)));
     run(Command::new("e2fsck").arg("-fn").arg(l.part(2)));

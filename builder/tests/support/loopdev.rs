@@ -112,3 +112,18 @@ pub fn yes() -> picluster::flash::FlashOptions {
         ..Default::default()
     }
 }
+
+/// `cmp` every range `image`'s filesystems use against `dev`.
+pub fn cmp_mapped(image: &Path, dev: &Path) {
+    let used =
+        picluster::usedblocks::compute(image, picluster::usedblocks::DEFAULT_BLOCK_SIZE).unwrap();
+    for r in &used.ranges {
+        super::run(
+            Command::new("cmp")
+                .arg(format!("--ignore-initial={}:{}", r.start, r.start))
+                .arg(format!("--bytes={}", r.len))
+                .arg(image)
+                .arg(dev),
+        );
+    }
+}
