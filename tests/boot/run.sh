@@ -17,6 +17,8 @@ declare -A need=(
     [qemu-aarch64-static]=qemu-user-static
     [update-binfmts]=binfmt-support
     [mmdebstrap]=mmdebstrap
+    # mmdebstrap refuses a foreign architecture without it ("install arch-test").
+    [arch-test]=arch-test
     [mtype]=mtools
     [mkfs.vfat]=dosfstools
     [fsck.vfat]=dosfstools
