@@ -19,7 +19,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 say "system packages"
 need=()
 for pair in mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk mke2fs:e2fsprogs \
-            qemu-aarch64-static:qemu-user-static bmaptool:bmap-tools xz:xz-utils shellcheck:shellcheck \
+            qemu-aarch64-static:qemu-user-static bmaptool:bmap-tools xz:xz-utils zstd:zstd shellcheck:shellcheck \
             ssh-keygen:openssh-client losetup:mount python3:python3 \
             openssl:openssl kubectl:kubernetes-client; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")

@@ -16,6 +16,7 @@ use crate::progress;
 pub enum Compression {
     Xz,
     Gzip,
+    Zstd,
     None,
 }
 
@@ -32,10 +33,32 @@ impl Compression {
             Compression::Xz
         } else if head.starts_with(&[0x1F, 0x8B]) {
             Compression::Gzip
+        } else if head.starts_with(&ZSTD_MAGIC) {
+            Compression::Zstd
         } else {
             Compression::None
         }
     }
+}
+
+/// A zstd frame's magic number, little-endian (RFC 8878 section 3.1.1).
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+impl Compression {
+    /// How people call it, for messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Compression::Xz => "xz",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::None => "raw",
+        }
+    }
+}
+
+/// A zstd decoder over `r`: it reads every frame of a multi-frame file.
+pub fn zstd_reader<'a, R: io::BufRead + Send + 'a>(r: R) -> io::Result<Box<dyn Read + Send + 'a>> {
+    Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?))
 }
 
 /// A reader that reports how much of its source has been consumed.
@@ -67,6 +90,7 @@ pub fn open(src: &Path, label: &str) -> io::Result<Box<dyn Read>> {
             1 << 20,
             counting,
         ))),
+        Compression::Zstd => zstd_reader(BufReader::with_capacity(1 << 20, counting))?,
         Compression::None => Box::new(counting),
     })
 }
@@ -159,5 +183,9 @@ mod tests {
         assert_eq!(Compression::from_magic(b"\xFD7zXZ\0"), Compression::Xz);
         assert_eq!(Compression::from_magic(b"\x1F\x8B\x08"), Compression::Gzip);
         assert_eq!(Compression::from_magic(b"\0\0"), Compression::None);
+        assert_eq!(
+            Compression::from_magic(&zstd::bulk::compress(b"x", 3).unwrap()),
+            Compression::Zstd
+        );
     }
 }

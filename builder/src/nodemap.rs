@@ -1,6 +1,9 @@
 //! Block maps (`.bmap`) for node images without hashing the root filesystem
-//! once per node: every node's rootfs is byte-identical to the base's, so its
-//! range checksums are computed once per base and kept in the cache.
+//! once per node: everything from the root partition's start to the end of
+//! every node image is byte-identical to the base's, so those ranges and
+//! their checksums are computed once per base and kept in the cache. A node's
+//! own ranges come from its head (partition table and boot partition) alone,
+//! so the map can be made before, or without, writing the node's root partition.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,13 +15,15 @@ use crate::bmap::{Bmap, BmapError};
 use crate::partition::Extent;
 use crate::usedblocks::{self, DEFAULT_BLOCK_SIZE};
 
-/// Checksums of the base's mapped ranges inside its root partition.
+/// The base's mapped ranges from its root partition's start to its end (the
+/// root filesystem, and a backup GPT after it), with their checksums.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RootRanges {
     root_start: u64,
     root_len: u64,
+    image_size: u64,
     /// (start, len, sha256 hex)
-    ranges: Vec<(u64, u64, String)>,
+    tail: Vec<(u64, u64, String)>,
     #[serde(skip)]
     index: HashMap<(u64, u64), [u8; 32]>,
 }
@@ -59,6 +64,7 @@ impl RootRanges {
         if let Ok(text) = std::fs::read_to_string(cache_file)
             && let Ok(r) = serde_json::from_str::<RootRanges>(&text)
             && (r.root_start, r.root_len) == (root.start, root.len)
+            && std::fs::metadata(base).is_ok_and(|m| m.len() == r.image_size)
         {
             return Ok(r.indexed());
         }
@@ -68,12 +74,12 @@ impl RootRanges {
         };
         let file = File::open(base).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
-        let inside: Vec<Extent> = mapped(&file, base, size, root)?
+        let tail: Vec<Extent> = mapped(&file, base, size, root)?
             .into_iter()
-            .filter(|r| r.start >= root.start && r.end() <= root.end())
+            .filter(|r| r.start >= root.start)
             .collect();
-        let map = Bmap::from_ranges(&file, base, size, DEFAULT_BLOCK_SIZE, &inside)?;
-        let ranges = inside
+        let map = Bmap::from_ranges(&file, base, size, DEFAULT_BLOCK_SIZE, &tail)?;
+        let tail = tail
             .iter()
             .zip(&map.ranges)
             .map(|(e, r)| {
@@ -87,7 +93,8 @@ impl RootRanges {
         let r = RootRanges {
             root_start: root.start,
             root_len: root.len,
-            ranges,
+            image_size: size,
+            tail,
             index: HashMap::new(),
         };
         // Best effort: without the cache file the next build computes it again.
@@ -101,30 +108,38 @@ impl RootRanges {
 
     fn indexed(mut self) -> RootRanges {
         self.index = self
-            .ranges
+            .tail
             .iter()
             .filter_map(|(s, l, h)| Some(((*s, *l), crate::digest::unhex(h)?)))
             .collect();
         self
     }
 
-    /// The bmap of a node image built from this base.
+    /// The bmap of a node image built from this base. Only the image's
+    /// head (before the root partition) is read: after it, the image may be
+    /// the base's bytes or not written at all (a hole, when only the
+    /// compressed artefact is made).
     pub fn node_bmap(&self, image: &File, path: &Path) -> Result<Bmap, BmapError> {
-        let size = image
-            .metadata()
-            .map_err(|source| BmapError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len();
         let root = Extent {
             start: self.root_start,
             len: self.root_len,
         };
-        let ranges = mapped(image, path, size, root)?;
-        Bmap::from_ranges_with(image, path, size, DEFAULT_BLOCK_SIZE, &ranges, &|e| {
-            self.index.get(&(e.start, e.len)).copied()
-        })
+        let mut ranges: Vec<Extent> = mapped(image, path, self.image_size, root)?
+            .into_iter()
+            .filter(|r| r.end() <= root.start)
+            .collect();
+        ranges.extend(self.tail.iter().map(|(start, len, _)| Extent {
+            start: *start,
+            len: *len,
+        }));
+        Bmap::from_ranges_with(
+            image,
+            path,
+            self.image_size,
+            DEFAULT_BLOCK_SIZE,
+            &ranges,
+            &|e| self.index.get(&(e.start, e.len)).copied(),
+        )
     }
 }
 

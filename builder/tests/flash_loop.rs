@@ -434,12 +434,13 @@ fn an_interrupted_flash_leaves_no_partition_table_and_a_second_flash_succeeds() 
 }
 
 #[test]
-fn flash_node_builds_then_reuses_the_image() {
+fn flash_node_streams_from_the_cached_base_then_reuses_a_built_image() {
     let s = support::cluster::setup(&[]);
     let size = std::fs::metadata(&s.base_img).unwrap().len();
     let Some(l) = Loop::garbage(size) else {
         return;
     };
+    let epoch = [("SOURCE_DATE_EPOCH", "1750000000")];
     let flash_node = || {
         let mut c = s.cmd();
         c.args(["flash", "--yes", "--node", "pi-worker-1", "-c"])
@@ -447,20 +448,38 @@ fn flash_node_builds_then_reuses_the_image() {
             .arg("--out")
             .arg(s.path("out"))
             .arg(&l.dev)
+            .envs(epoch)
             .stdin(Stdio::null());
         c
     };
     let first = flash_node().output().unwrap();
     let err = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{err}");
-    assert!(!err.contains("reusing"), "{err}");
-    let img = s.path("out/pi-worker-1.img");
+    assert!(
+        !err.contains("reusing") && err.contains("no image file written"),
+        "{err}"
+    );
+    // Nothing full-size was written: the output folder holds no image, and
+    // the temporary head (it carries the node's secrets) is gone.
+    let left: Vec<_> = std::fs::read_dir(s.path("out"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".img") || n.ends_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The card holds what `picluster build` makes for the node.
+    run(s.build("ref", &["--node", "pi-worker-1"]).envs(epoch));
+    let img = s.path("ref/pi-worker-1.img");
     cmp_mapped(&img, &l.dev);
     fsck_both(&l);
+
+    // A built image with unchanged inputs is flashed as it is.
+    run(s.build("out", &["--node", "pi-worker-1"]).envs(epoch));
     let second = flash_node().output().unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success() && err.contains("reusing"), "{err}");
-    // A changed input (the cluster file) means a fresh build.
+    // A changed input (the cluster file) means a fresh head.
     let text = std::fs::read_to_string(s.config()).unwrap();
     std::fs::write(
         s.config(),
@@ -473,4 +492,35 @@ fn flash_node_builds_then_reuses_the_image() {
     let third = flash_node().output().unwrap();
     let err = String::from_utf8_lossy(&third.stderr);
     assert!(third.status.success() && !err.contains("reusing"), "{err}");
+    fsck_both(&l);
+}
+
+#[test]
+fn every_compressed_artefact_flashes_with_its_bmap_and_reads_back() {
+    let s = support::cluster::setup(&[]);
+    let size = std::fs::metadata(&s.base_img).unwrap().len();
+    let Some(l) = Loop::garbage(size) else {
+        return;
+    };
+    let epoch = [("SOURCE_DATE_EPOCH", "1750000000")];
+    run(s.build("raw", &["--node", "pi-master"]).envs(epoch));
+    let raw = s.path("raw/pi-master.img");
+    for fmt in ["xz", "gz", "zst"] {
+        run(s
+            .build(fmt, &["--node", "pi-master", "--compress", fmt])
+            .envs(epoch));
+        let artefact = s.path(&format!("{fmt}/pi-master.img.{fmt}"));
+        // Verification (read back and compared by SHA-256 per range) is on.
+        let sum = flash::run_image(&artefact, &l.dev, &yes()).unwrap();
+        assert!(sum.verify_time.is_some());
+        assert_eq!(sum.image_size, size, "{fmt}");
+        let bmap = Bmap::read(&s.path(&format!("{fmt}/pi-master.img.{fmt}.bmap"))).unwrap();
+        assert_eq!(
+            sum.mapped_bytes,
+            bmap.mapped_bytes(),
+            "{fmt}: only mapped blocks"
+        );
+        cmp_mapped(&raw, &l.dev);
+        fsck_both(&l);
+    }
 }

@@ -1,10 +1,12 @@
 //! `picluster flash`: write an image to an SD card or NVMe drive. With
-//! `--node NAME` the node's image is built first, or reused from the output
-//! directory when everything it is made from is unchanged.
+//! `--node NAME` the node's image is reused from the output directory when
+//! everything it is made from is unchanged; otherwise it is streamed from the
+//! cached base and the node's freshly made boot partition, without writing a
+//! full-size image file first.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cmd::build::{DEFAULT_OUT, Output, Prepared, prepare, select_nodes};
 use crate::compress::Compress;
@@ -23,7 +25,7 @@ pub struct FlashCmd {
     /// Where node images are built (with --node).
     #[arg(long, default_value = DEFAULT_OUT)]
     pub out: PathBuf,
-    /// IMAGE DEVICE, or DEVICE alone with --node. IMAGE may be .img, .img.xz or .img.gz;
+    /// IMAGE DEVICE, or DEVICE alone with --node. IMAGE may be .img, .img.xz, .img.gz or .img.zst;
     /// DEVICE is a whole disk, e.g. /dev/sdb, /dev/mmcblk0, /dev/nvme0n1.
     #[arg(num_args = 1..=2, required = true, value_name = "IMAGE|DEVICE")]
     pub paths: Vec<PathBuf>,
@@ -32,9 +34,9 @@ pub struct FlashCmd {
 }
 
 pub fn run(args: &FlashCmd) -> Result<()> {
-    let (image, device) = match (&args.node, args.paths.as_slice()) {
-        (None, [image, device]) => (image.clone(), device.clone()),
-        (Some(node), [device]) => (node_image(args, node)?, device.clone()),
+    let (summary, device) = match (&args.node, args.paths.as_slice()) {
+        (None, [image, device]) => (flash::run_image(image, device, &args.opts)?, device),
+        (Some(node), [device]) => (flash_node(args, node, device)?, device),
         (None, [_]) => return Err(usage("give IMAGE and DEVICE, or --node NAME and DEVICE")),
         (Some(_), _) => {
             return Err(usage(
@@ -43,7 +45,6 @@ pub fn run(args: &FlashCmd) -> Result<()> {
         }
         _ => unreachable!("clap allows one or two paths"),
     };
-    let summary = flash::run_image(&image, &device, &args.opts)?;
     progress::step(format!(
         "{}: wrote {} of {} ({} mapped){}",
         device.display(),
@@ -63,8 +64,9 @@ fn usage(msg: &str) -> anyhow::Error {
     flash::FlashError::Usage(format!("{msg}; see `picluster flash --help`")).into()
 }
 
-/// The node's raw image in `args.out`: reused when its recorded inputs match.
-fn node_image(args: &FlashCmd, name: &str) -> Result<PathBuf> {
+/// Flash the node's raw image in `args.out` when its recorded inputs match;
+/// else its head made now (in `args.out`, removed afterwards) and the cached base.
+fn flash_node(args: &FlashCmd, name: &str, device: &Path) -> Result<flash::Summary> {
     let prepared = prepare(&args.config, None, None, &[name.to_string()])?;
     let node = *select_nodes(&prepared.cluster, &[name.to_string()])?
         .first()
@@ -76,10 +78,18 @@ fn node_image(args: &FlashCmd, name: &str) -> Result<PathBuf> {
             image.display()
         ));
         debug_assert_eq!(o.file, format!("{name}.img"));
-        return Ok(image);
+        return flash::run_image(&image, device, &args.opts);
     }
-    prepared.build(&args.out, &[node], Compress::None)?;
-    Ok(image)
+    let made = prepared.node_head(&args.out, node)?;
+    let head = made
+        .head
+        .file()
+        .try_clone()
+        .context("cannot reopen the node's boot partition")?;
+    let img = flash::source::two_files(Path::new(name), head, made.base, made.split, &made.bmap);
+    let summary = flash::run_two_files(img, device, &args.opts);
+    drop(made.head); // the temporary head, with the node's secrets, goes now
+    summary
 }
 
 fn reusable(

@@ -19,7 +19,7 @@ use crate::rootfs;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// A disk image (.img, or .img.xz / .img.gz, decompressed to a temporary file).
+    /// A disk image (.img, or .img.xz / .img.gz / .img.zst, decompressed to a temporary file).
     pub image: PathBuf,
     /// Machine-readable output.
     #[arg(long)]

@@ -159,6 +159,22 @@ pub fn run_with(
 ) -> Result<Summary> {
     let opened = device::open_target(device, opts.allow_regular_file, sys)?;
     let img = source::open(image, opts.bmap.as_deref())?;
+    run_source(img, opened, device, opts)
+}
+
+/// Flash an image that is not one file (see [`source::two_files`]).
+pub fn run_two_files(img: source::Image, device: &Path, opts: &FlashOptions) -> Result<Summary> {
+    let opened = device::open_target(device, opts.allow_regular_file, &device::System::default())?;
+    run_source(img, opened, device, opts)
+}
+
+fn run_source(
+    img: source::Image,
+    opened: device::Opened,
+    device: &Path,
+    opts: &FlashOptions,
+) -> Result<Summary> {
+    let image = img.path.clone();
     let (dev, dev_size, target) = (&opened.file, opened.size, &opened.target);
     if dev_size < img.min_size {
         return Err(too_small(device, dev_size, &img).into());
@@ -212,15 +228,20 @@ pub fn run_with(
             progress::size
         ),
         match img.format {
-            Compression::None => "",
-            Compression::Xz => " (xz)",
-            Compression::Gzip => " (gzip)",
+            Compression::None => String::new(),
+            f => format!(" ({})", f.label()),
         },
         progress::size(img.mapped_bytes())
     );
     match &img.plan {
         source::PlanSource::Bmap(b) => {
             let _ = writeln!(err, "  blocks from {}", b.display());
+        }
+        source::PlanSource::Built => {
+            let _ = writeln!(
+                err,
+                "  made now from the cached base and the node's boot partition (no image file written)"
+            );
         }
         source::PlanSource::Computed(parts) => {
             for p in parts {

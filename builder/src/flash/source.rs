@@ -2,7 +2,7 @@
 //! ranges to write.
 //!
 //! Which ranges: a bmap always wins (`--bmap FILE`, else `IMAGE.bmap` or,
-//! for `X.img.xz`/`X.img.gz`, `X.img.bmap` beside the image); its per-range
+//! for `X.img.xz`/`X.img.gz`/`X.img.zst`, `X.img.bmap` beside the image); its per-range
 //! SHA-256 is checked against the image while writing. Without a bmap, a raw
 //! image's ranges are computed from its partition table and filesystems
 //! ([`crate::usedblocks`]); a compressed image is written whole, because its
@@ -25,6 +25,8 @@ use crate::usedblocks::{self, Content, DEFAULT_BLOCK_SIZE};
 #[derive(Debug, Clone)]
 pub enum PlanSource {
     Bmap(PathBuf),
+    /// The map of a node image made for this flash.
+    Built,
     /// Computed from the image's filesystems; one line per partition.
     Computed(Vec<String>),
     /// A compressed image without a bmap: every byte.
@@ -46,6 +48,9 @@ pub struct Image {
     pub plan: PlanSource,
     /// Streams in an .xz file (pi-gen writes one).
     xz_streams: u32,
+    /// A raw image in two files: from this offset on, its bytes are this
+    /// file's (a node's head in `file`, the cached base here).
+    tail: Option<(u64, File)>,
 }
 
 impl Image {
@@ -55,6 +60,23 @@ impl Image {
             Some(r) => r.iter().map(|(e, _)| e.len).sum(),
             None => self.size.unwrap_or(self.min_size),
         }
+    }
+
+    /// Read a raw image's bytes at `off` (from both files of a two-file image).
+    pub fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let Some((split, tail)) = &self.tail else {
+            return self.file.read_exact_at(buf, off);
+        };
+        let end = off + buf.len() as u64;
+        if end <= *split {
+            return self.file.read_exact_at(buf, off);
+        }
+        if off >= *split {
+            return tail.read_exact_at(buf, off);
+        }
+        let (a, b) = buf.split_at_mut((*split - off) as usize);
+        self.file.read_exact_at(a, off)?;
+        tail.read_exact_at(b, *split)
     }
 
     /// The decompressed stream (a compressed image only).
@@ -76,6 +98,9 @@ impl Image {
                 Box::new(liblzma::read::XzDecoder::new_stream(f, stream))
             }
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+            Compression::Zstd => decompress::zstd_reader(f).with_context(|| {
+                format!("cannot start the zstd decoder for {}", self.path.display())
+            })?,
             Compression::None => Box::new(f),
         })
     }
@@ -89,7 +114,7 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
         .with_context(|| format!("cannot stat image {}", path.display()))?;
     if !meta.is_file() {
         bail!(
-            "image {} is not a regular file; give an .img, .img.xz or .img.gz file",
+            "image {} is not a regular file; give an .img, .img.xz, .img.gz or .img.zst file",
             path.display()
         );
     }
@@ -121,7 +146,16 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
             }
             file.read_exact_at(&mut isize, len - 4)
                 .with_context(|| format!("cannot read {}", path.display()))?;
+            // The last member's size modulo 4 GiB: a lower bound of the
+            // whole, also for a file of many members (picluster writes those).
             (None, u64::from(u32::from_le_bytes(isize)))
+        }
+        Compression::Zstd => {
+            // The first frame's content size (when recorded): a lower bound.
+            let mut head = [0u8; 18];
+            let n = file.read_at(&mut head, 0).unwrap_or(0);
+            let first = zstd::zstd_safe::get_frame_content_size(&head[..n]);
+            (None, first.ok().flatten().unwrap_or(0))
         }
     };
 
@@ -131,10 +165,11 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
     };
     if let Some(bp) = bmap_path {
         let b = Bmap::read(&bp)?;
-        // gzip records the size modulo 4 GiB.
+        // gzip and zstd files of many pieces record no total, only a
+        // lower bound (the last member's or the first frame's size).
         let differs = match size {
             Some(s) => s != b.image_size,
-            None => min_size != b.image_size % (1 << 32),
+            None => b.image_size < min_size,
         };
         if differs {
             let s = size.unwrap_or(min_size);
@@ -154,6 +189,7 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
             ranges: Some(b.extents().filter(|(e, _)| e.len > 0).collect()),
             plan: PlanSource::Bmap(bp),
             xz_streams,
+            tail: None,
         });
     }
     if format != Compression::None {
@@ -166,6 +202,7 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
             ranges: None,
             plan: PlanSource::Whole,
             xz_streams,
+            tail: None,
         });
     }
     let used = usedblocks::compute_file(&file, path, len, DEFAULT_BLOCK_SIZE)?;
@@ -200,14 +237,32 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
         ranges: Some(used.ranges.into_iter().map(|e| (e, None)).collect()),
         plan: PlanSource::Computed(parts),
         xz_streams,
+        tail: None,
     })
 }
 
-/// `IMAGE.bmap`, or `X.img.bmap` for `X.img.xz` / `X.img.gz`, if present.
+/// A raw image made of two files: `head` up to `split`, `tail` from there
+/// (a node's own head and the cached base), written as `bmap` maps it.
+/// `name` is what messages call it.
+pub fn two_files(name: &Path, head: File, tail: File, split: u64, bmap: &Bmap) -> Image {
+    Image {
+        path: name.to_path_buf(),
+        format: Compression::None,
+        file: head,
+        size: Some(bmap.image_size),
+        min_size: bmap.image_size,
+        ranges: Some(bmap.extents().filter(|(e, _)| e.len > 0).collect()),
+        plan: PlanSource::Built,
+        xz_streams: 0,
+        tail: Some((split, tail)),
+    }
+}
+
+/// `IMAGE.bmap`, or `X.img.bmap` for `X.img.xz` / `X.img.gz` / `X.img.zst`, if present.
 fn bmap_beside(path: &Path) -> Option<PathBuf> {
     let s = path.as_os_str().to_string_lossy();
     let mut candidates = vec![PathBuf::from(format!("{s}.bmap"))];
-    for ext in [".xz", ".gz"] {
+    for ext in [".xz", ".gz", ".zst"] {
         if let Some(base) = s.strip_suffix(ext) {
             candidates.push(PathBuf::from(format!("{base}.bmap")));
         }

@@ -271,7 +271,6 @@ fn produce(
                 for (o, l) in split_at_head(pos, n) {
                     let mut buf = buffer(l);
                     image
-                        .file
                         .read_exact_at(buf.as_mut_slice(), o)
                         .with_context(|| {
                             format!("reading bytes {o}..{} of {}", o + l, image.path.display())

@@ -5,24 +5,24 @@
 //! is staged under a temporary name and renamed only when all nodes are built,
 //! so a failure or Ctrl-C leaves the output directory as it was.
 
-use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use picluster_profiles::bundle::BootAsset;
-use picluster_profiles::render::{self, RenderInputs};
+use picluster_profiles::render::RenderInputs;
 use picluster_profiles::{Cluster, Node, Secrets};
 use serde::Serialize;
 
+mod write;
+
+pub use write::NodeHead;
+
 use crate::agent::{self, AgentBinary};
-use crate::assemble;
-use crate::atomic::{self, Staged};
 use crate::base::{self, BaseImage};
-use crate::bootfiles::{self, Content, Payload};
+use crate::bootfiles::{Content, Payload};
 use crate::cache::Cache;
-use crate::compress::{self, Compress};
+use crate::compress::Compress;
 use crate::digest;
 use crate::fetch::Fetcher;
 use crate::k3s::{self, K3sAssets};
@@ -246,6 +246,7 @@ pub struct Prepared {
     secrets: Secrets,
     secrets_sha256: String,
     pub epoch: i64,
+    cache: Cache,
     obtained: ObtainedBase,
     base: BaseImage,
     render: RenderInputs,
@@ -316,6 +317,7 @@ pub fn prepare(
         secrets,
         secrets_sha256,
         epoch,
+        cache,
         obtained,
         base,
         root_ranges,
@@ -334,184 +336,6 @@ impl Prepared {
         });
         digest::hex(&<sha2::Sha256 as sha2::Digest>::digest(
             text.to_string().as_bytes(),
-        ))
-    }
-
-    /// Build `nodes` into `out`: every file staged, then published together.
-    pub fn build(&self, out: &Path, nodes: &[&Node], how: Compress) -> Result<Vec<Output>> {
-        fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-        let lock_path = out.join(".picluster-build.lock");
-        let lock = File::create(&lock_path)
-            .with_context(|| format!("cannot write in {}", out.display()))?;
-        if lock.try_lock().is_err() {
-            bail!(
-                "another picluster build is writing to {}; wait for it to finish",
-                out.display()
-            );
-        }
-        remove_stale_staging(out);
-        check_space(out, &self.obtained.raw, nodes.len())?;
-        let base = File::open(&self.obtained.raw)
-            .with_context(|| format!("cannot open {}", self.obtained.raw.display()))?;
-        // Everything before the root partition differs per node; the rest is the base's.
-        let split = self.base.root.start;
-
-        // 1. Each node's own table area and boot partition, patched.
-        let mut raws = Vec::new();
-        let mut reflinked = Vec::new();
-        for node in nodes {
-            let (raw, shared) = self
-                .start_node(out, &base, split, node)
-                .with_context(|| format!("cannot build the image of {}", node.name))?;
-            raws.push(raw);
-            reflinked.push(shared);
-        }
-
-        // 2. The shared root partition: read once, written to every image and
-        //    hashed with it (raw outputs are listed in SHA256SUMS as they are).
-        let t = Instant::now();
-        let len = base.metadata()?.len();
-        let bar = progress::bytes(len - split, "root filesystems");
-        let images: Vec<assemble::Image> = raws
-            .iter()
-            .zip(&reflinked)
-            .map(|(r, &reflinked)| assemble::Image {
-                file: r.file(),
-                reflinked,
-            })
-            .collect();
-        let digests = assemble::finish_images(&base, split, &images, how == Compress::None, &bar)
-            .context("cannot write the root partitions")?;
-        bar.finish_and_clear();
-        progress::step(format!(
-            "root filesystem: {} into {} image(s) in {:.1}s",
-            if reflinked.iter().all(|r| *r) {
-                "shared (reflink)"
-            } else {
-                "copied"
-            },
-            nodes.len(),
-            t.elapsed().as_secs_f64()
-        ));
-
-        // 3. Block maps, compression, and the record of each output.
-        let mut staged = Vec::new();
-        let mut outputs = Vec::new();
-        for ((node, raw), digest) in nodes.iter().zip(raws).zip(digests) {
-            let (files, output) = self
-                .finish_node(out, node, raw, digest, how)
-                .with_context(|| format!("cannot build the image of {}", node.name))?;
-            progress::step(format!(
-                "{}: {} ({})",
-                node.name,
-                output.file,
-                progress::size(output.size)
-            ));
-            staged.extend(files);
-            outputs.push(output);
-        }
-
-        // All nodes built: publish together.
-        for s in staged {
-            let dest = s.dest().to_path_buf();
-            s.commit()
-                .with_context(|| format!("cannot write {}", dest.display()))?;
-        }
-        write_sums(out, &outputs)?;
-        let record = BuildRecord {
-            picluster_version: env!("CARGO_PKG_VERSION"),
-            source_date_epoch: self.epoch,
-            inputs: &self.record,
-            outputs: &outputs,
-        };
-        let mut json = serde_json::to_vec_pretty(&record)?;
-        json.push(b'\n');
-        atomic::write(&out.join("build.json"), &json, 0o644).context("cannot write build.json")?;
-        // The lock file stays: unlinking it while another build waits on it
-        // would let a third lock a new file while the second holds the old.
-        drop(lock);
-        Ok(outputs)
-    }
-
-    /// A staged raw image holding the base up to `split`, with the node's boot
-    /// partition patched; and whether it is a reflink of the whole base.
-    fn start_node(
-        &self,
-        out: &Path,
-        base: &File,
-        split: u64,
-        node: &Node,
-    ) -> Result<(Staged, bool)> {
-        let (bundle, node_secrets) =
-            render::render_node(&self.cluster, &self.secrets, node, &self.render)?;
-        let files = bootfiles::boot_files(
-            &self.base.cmdline,
-            &self.base.config_txt,
-            &self.cluster,
-            node,
-            &bundle,
-            &node_secrets,
-            &self.payload,
-        );
-        let raw = Staged::new(&out.join(format!("{}.img", node.name)))?;
-        raw.set_mode(IMAGE_MODE)?;
-        let reflinked =
-            assemble::start_image(base, raw.file(), split).context("cannot copy the base image")?;
-        bootfiles::write(raw.file(), self.base.boot, &files, self.epoch)
-            .context("cannot patch the boot partition")?;
-        Ok((raw, reflinked))
-    }
-
-    /// The node's block map, and its image as the requested output.
-    fn finish_node(
-        &self,
-        out: &Path,
-        node: &Node,
-        raw: Staged,
-        digest: Option<String>,
-        how: Compress,
-    ) -> Result<(Vec<Staged>, Output)> {
-        let image_size = raw.file().metadata()?.len();
-        let name = format!("{}{}", node.name, how.suffix());
-        // Named for the artefact it describes (bmaptool's own lookup): after a
-        // build with another --compress, each image still has its own bmap.
-        let bmap_name = format!("{name}.bmap");
-        let bmap = Staged::new(&out.join(&bmap_name))?;
-        bmap.set_mode(0o644)?;
-        let map = self
-            .root_ranges
-            .node_bmap(raw.file(), raw.path())
-            .context("cannot map the image's used blocks")?;
-        std::io::Write::write_all(&mut bmap.file(), map.to_xml().as_bytes())?;
-
-        let (image, sha256, size) = match (how, digest) {
-            (Compress::None, Some(sha)) => (raw, sha, image_size),
-            (Compress::None, None) => unreachable!("raw images are hashed while written"),
-            _ => {
-                let staged = Staged::new(&out.join(&name))?;
-                staged.set_mode(IMAGE_MODE)?;
-                let bar = progress::bytes(image_size, format!("compress {}", node.name));
-                let mut reader = File::open(raw.path())?;
-                let (sha, size) = compress::compress(&mut reader, staged.file(), how, &bar)
-                    .with_context(|| format!("cannot compress {name}"))?;
-                bar.finish_and_clear();
-                drop(raw); // removes the temporary raw image
-                (staged, sha, size)
-            }
-        };
-        Ok((
-            vec![image, bmap],
-            Output {
-                node: node.name.clone(),
-                role: node.role.as_str().to_string(),
-                file: name,
-                compression: how,
-                size,
-                sha256,
-                image_size,
-                bmap: bmap_name,
-                inputs_sha256: self.inputs_sha256(node, how),
-            },
         ))
     }
 }
@@ -558,66 +382,8 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
-/// Write SHA256SUMS: this build's outputs, plus entries of earlier builds whose
-/// files are still there and were not rebuilt now.
-fn write_sums(out: &Path, outputs: &[Output]) -> Result<()> {
-    let path = out.join("SHA256SUMS");
-    let mut sums: BTreeMap<String, String> = BTreeMap::new();
-    if let Ok(old) = fs::read_to_string(&path) {
-        for line in old.lines() {
-            if let Some((d, f)) = line.split_once("  ")
-                && out.join(f).is_file()
-            {
-                sums.insert(f.to_string(), d.to_string());
-            }
-        }
-    }
-    for o in outputs {
-        sums.insert(o.file.clone(), o.sha256.clone());
-        let bmap = digest::file_sha256(&out.join(&o.bmap))
-            .with_context(|| format!("cannot read {}", o.bmap))?;
-        sums.insert(o.bmap.clone(), bmap.0);
-    }
-    let text: String = sums.iter().map(|(f, d)| format!("{d}  {f}\n")).collect();
-    atomic::write(&path, text.as_bytes(), 0o644).context("cannot write SHA256SUMS")
-}
-
 fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// Staging files a killed build left (`.<name>.XXXXXX.partial`): with the
-/// build lock held no other build is writing them, and each may be gigabytes.
-fn remove_stale_staging(out: &Path) {
-    let Ok(entries) = fs::read_dir(out) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.ends_with(".partial") {
-            let _ = fs::remove_file(e.path());
-        }
-    }
-}
-
-/// Fail early, before writing gigabytes, when the output filesystem is too small.
-fn check_space(out: &Path, raw: &Path, nodes: usize) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let used = fs::metadata(raw)?.blocks() * 512;
-    let need = used.saturating_mul(nodes as u64 + 1);
-    let st = rustix::fs::statvfs(out)
-        .with_context(|| format!("cannot check free space in {}", out.display()))?;
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
-    if free < need {
-        bail!(
-            "{} has {} free but {} node image(s) need about {}; free some space or use --out on a larger disk",
-            out.display(),
-            progress::size(free),
-            nodes,
-            progress::size(need)
-        );
-    }
-    Ok(())
 }
