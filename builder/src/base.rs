@@ -28,7 +28,7 @@ pub struct BaseImage {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
-    #[error("cannot open base image {}: {source}", path.display())]
+    #[error("cannot open base image {}", path.display())]
     Open {
         path: PathBuf,
         #[source]
@@ -38,13 +38,13 @@ pub enum BaseError {
     Table(#[from] TableError),
     #[error("{}: not a Raspberry Pi OS image: {reason}", path.display())]
     Shape { path: PathBuf, reason: String },
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Rootfs {
         path: PathBuf,
         #[source]
         source: RootfsError,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Bootfs {
         path: PathBuf,
         #[source]

@@ -26,7 +26,7 @@ pub enum BootFsError {
         "the boot partition's FAT filesystem is corrupt: {0}; `fsck.vfat` can repair a copy, or use a fresh image"
     )]
     Corrupt(io::Error),
-    #[error("boot partition file {name}: {source}")]
+    #[error("boot partition file {name}")]
     File {
         name: String,
         #[source]

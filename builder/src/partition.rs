@@ -74,7 +74,8 @@ pub struct Table {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("cannot read the partition table of {}: {source}", path.display())]
+    // The cause is printed after this, as the error chain (never twice).
+    #[error("cannot read the partition table of {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -82,6 +83,8 @@ pub enum TableError {
     },
     #[error("{} has no partition table (no 0x55AA boot signature in its first sector); is it a disk image?", .0.display())]
     Missing(PathBuf),
+    #[error("{} is not a disk image: it holds {size} bytes, less than the first 512-byte sector that carries the partition table", path.display())]
+    TooShort { path: PathBuf, size: u64 },
     #[error("{}: partition {number} ({start}..{end} bytes) extends past the end of the {size}-byte image; the image is truncated", path.display())]
     OutOfBounds {
         path: PathBuf,
@@ -100,6 +103,12 @@ pub fn read_table(file: &File, path: &Path, size: u64) -> Result<Table, TableErr
         path: path.to_path_buf(),
         source,
     };
+    if size < 512 {
+        return Err(TableError::TooShort {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
     let mut sector0 = [0u8; 512];
     file.read_exact_at(&mut sector0, 0).map_err(io)?;
     if sector0[510..] != [0x55, 0xAA] {

@@ -642,3 +642,19 @@ fn a_join_cluster_builds_without_cas_or_kubeconfig_and_says_why() {
     );
     assert!(!secrets.contains("PRIVATE KEY") && !secrets.contains("server/tls"));
 }
+
+#[test]
+fn out_defaults_to_images_beside_the_cluster_file() {
+    let s = setup(&[]);
+    let elsewhere = s.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    run(s
+        .cmd()
+        .current_dir(&elsewhere)
+        .args(["build", "--node", "pi-master", "-c"])
+        .arg(s.config()));
+    assert!(s.path("cluster/images/pi-master.img").is_file());
+    assert!(s.path("cluster/images/kubeconfig").is_file());
+    let stray: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().collect();
+    assert!(stray.is_empty(), "nothing written in the working directory");
+}

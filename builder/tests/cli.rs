@@ -374,3 +374,35 @@ fn a_mistyped_node_fails_at_once_with_a_suggestion_and_no_download() {
     }
     assert!(s.server.requests().is_empty());
 }
+
+#[test]
+fn a_file_that_is_not_a_disk_image_is_named_as_such_by_inspect_and_flash() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let text = d.path().join("notes.img");
+    std::fs::write(&text, "these are notes, not a disk\n".repeat(100)).unwrap();
+    let empty = d.path().join("empty.img");
+    std::fs::write(&empty, "").unwrap();
+    let target = d.path().join("card.img");
+    std::fs::write(&target, vec![0u8; 1 << 20]).unwrap();
+    for (img, says) in [
+        (&text, "has no partition table"),
+        (&empty, "is not a disk image: it holds 0 bytes"),
+    ] {
+        let err = fails(picluster(&cache).arg("inspect").arg(img));
+        assert!(err.contains(says), "inspect: {err}");
+        assert!(!err.contains("fill whole buffer"), "{err}");
+        let err = fails(
+            picluster(&cache)
+                .args(["flash", "--yes", "--allow-regular-file"])
+                .arg(img)
+                .arg(&target)
+                .stdin(std::process::Stdio::null()),
+        );
+        assert!(err.contains("is not a disk image"), "flash: {err}");
+        assert!(!err.contains("fill whole buffer"), "{err}");
+        assert_eq!(err.matches("is not a disk image").count(), 1, "{err}");
+    }
+    // Nothing was written to the target.
+    assert!(std::fs::read(&target).unwrap().iter().all(|&b| b == 0));
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::cmd::build::{DEFAULT_OUT, Output, Prepared, prepare, select_nodes};
+use crate::cmd::build::{Output, Prepared, out_dir, prepare, select_nodes};
 use crate::compress::Compress;
 use crate::flash::{self, FlashOptions};
 use crate::progress;
@@ -22,9 +22,9 @@ pub struct FlashCmd {
     /// The cluster file (with --node).
     #[arg(short, long, default_value = "cluster.toml")]
     pub config: PathBuf,
-    /// Where node images are built (with --node).
-    #[arg(long, default_value = DEFAULT_OUT)]
-    pub out: PathBuf,
+    /// Where node images are built (with --node) [default: images/ beside the cluster file].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// IMAGE DEVICE, or DEVICE alone with --node. IMAGE may be .img, .img.xz, .img.gz or .img.zst;
     /// DEVICE is a whole disk, e.g. /dev/sdb, /dev/mmcblk0, /dev/nvme0n1.
     #[arg(num_args = 1..=2, required = true, value_name = "IMAGE|DEVICE")]
@@ -71,8 +71,9 @@ fn flash_node(args: &FlashCmd, name: &str, device: &Path) -> Result<flash::Summa
     let node = *select_nodes(&prepared.cluster, &[name.to_string()])?
         .first()
         .expect("one node selected");
-    let image = args.out.join(format!("{name}.img"));
-    if let Some(o) = reusable(&prepared, &args.out, node, &image) {
+    let out = out_dir(args.out.as_deref(), &args.config);
+    let image = out.join(format!("{name}.img"));
+    if let Some(o) = reusable(&prepared, &out, node, &image) {
         progress::step(format!(
             "{name}: reusing {} (inputs unchanged since it was built)",
             image.display()
@@ -80,7 +81,7 @@ fn flash_node(args: &FlashCmd, name: &str, device: &Path) -> Result<flash::Summa
         debug_assert_eq!(o.file, format!("{name}.img"));
         return flash::run_image(&image, device, &args.opts);
     }
-    let made = prepared.node_head(&args.out, node)?;
+    let made = prepared.node_head(&out, node)?;
     let head = made
         .head
         .file()

@@ -206,6 +206,16 @@ pub fn open(path: &Path, bmap: Option<&Path>) -> Result<Image> {
         });
     }
     let used = usedblocks::compute_file(&file, path, len, DEFAULT_BLOCK_SIZE)?;
+    if let [only] = used.parts.as_slice()
+        && only.number == 0
+        && matches!(only.content, Content::Unknown { .. })
+    {
+        // No table and no filesystem: a wrong file, never worth a card.
+        bail!(
+            "{} is not a disk image: it has no partition table and no FAT or ext2/3/4 filesystem; give an .img, .img.xz, .img.gz or .img.zst made for a card",
+            path.display()
+        );
+    }
     let parts = used
         .parts
         .iter()

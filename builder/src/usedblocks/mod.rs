@@ -24,13 +24,15 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsedBlocksError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{}: block size {0} is not a power of two of at least 512 bytes", .path.display())]
+    #[error("{} is not a disk image: it holds {size} bytes, less than one 512-byte sector", path.display())]
+    TooShort { path: PathBuf, size: u64 },
+    #[error("{}: block size {size} is not a power of two of at least 512 bytes", .path.display())]
     BlockSize { path: PathBuf, size: u64 },
 }
 
@@ -97,6 +99,12 @@ pub fn compute_file(
             size: block_size,
         });
     }
+    if size < 512 {
+        return Err(UsedBlocksError::TooShort {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
     let read_whole = |off: u64, buf: &mut [u8]| -> io::Result<()> {
         if off
             .checked_add(buf.len() as u64)
@@ -109,7 +117,17 @@ pub fn compute_file(
     // A bare filesystem image (no table), or one we cannot use: probe the
     // whole image as one filesystem, else map all of it.
     let bare = |why: String| -> Result<UsedBlocks, UsedBlocksError> {
-        let (content, rel) = probe(&read_whole, size).map_err(|e| io_err(path, e))?;
+        let (content, rel) = match probe(&read_whole, size) {
+            Ok(found) => found,
+            // Shorter than any superblock: nothing to recognise.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => (
+                Content::Unknown {
+                    reason: "too small for a FAT or ext2/3/4 filesystem".into(),
+                },
+                None,
+            ),
+            Err(e) => return Err(io_err(path, e)),
+        };
         let content = match content {
             Content::Unknown { reason } => Content::Unknown {
                 reason: format!("{why}; {reason}"),

@@ -30,7 +30,17 @@ use crate::nodemap::{self, RootRanges};
 use crate::obtain::{self, BaseRequest, ObtainedBase};
 use crate::progress;
 
-pub const DEFAULT_OUT: &str = "images/build";
+/// Where images go unless `--out` says otherwise: `images/` beside the
+/// cluster file, like `secrets.toml` and `pki/` (and ignored by git there).
+pub const DEFAULT_OUT: &str = "images";
+
+/// `--out`, else [`DEFAULT_OUT`] beside the cluster file.
+pub fn out_dir(out: Option<&Path>, config: &Path) -> PathBuf {
+    match out {
+        Some(o) => o.to_path_buf(),
+        None => picluster_profiles::paths::beside(config, DEFAULT_OUT),
+    }
+}
 
 /// Node images carry `picluster-secrets.json` (tokens, the node password and
 /// its hash, platform credentials): only their owner may read them, staged or
@@ -46,9 +56,9 @@ pub struct BuildArgs {
     /// Base image to use instead of the cluster file's (path, file:// or http(s):// URL).
     #[arg(long, value_name = "PATH|URL")]
     pub base: Option<String>,
-    /// Output directory.
-    #[arg(long, default_value = DEFAULT_OUT)]
-    pub out: PathBuf,
+    /// Output directory [default: images/ beside the cluster file].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Build only these nodes (repeatable; default: all).
     #[arg(long = "node", value_name = "NAME")]
     pub nodes: Vec<String>,
@@ -349,16 +359,17 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         &args.nodes,
     )?;
     let nodes = select_nodes(&prepared.cluster, &args.nodes)?;
-    let outputs = prepared.build(&args.out, &nodes, args.compress)?;
+    let out = out_dir(args.out.as_deref(), &args.config);
+    let outputs = prepared.build(&out, &nodes, args.compress)?;
     progress::step(format!(
         "built {} image(s) in {} in {:.1}s; check them with: (cd {} && sha256sum -c SHA256SUMS)",
         outputs.len(),
-        args.out.display(),
+        out.display(),
         started.elapsed().as_secs_f64(),
-        args.out.display()
+        out.display()
     ));
     for o in &outputs {
-        println!("{}", args.out.join(&o.file).display());
+        println!("{}", out.join(&o.file).display());
     }
     let cluster = &prepared.cluster;
     if args.no_kubeconfig {
@@ -370,7 +381,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         ));
         return Ok(());
     }
-    let path = args.out.join(crate::kubeconfig::FILE_NAME);
+    let path = out.join(crate::kubeconfig::FILE_NAME);
     let pki = crate::kubeconfig::cluster_pki(cluster)?;
     let text = crate::kubeconfig::render(cluster, &pki, crate::pki::unix_now()?)?;
     crate::kubeconfig::write(&path, &text)?;
