@@ -45,7 +45,20 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::progress::set_quiet(cli.quiet);
     crate::interrupt::install();
-    match &cli.command {
+    let result = dispatch(&cli.command);
+    // After Ctrl-C, say what stayed as it was (a flash says it itself).
+    match (&cli.command, result) {
+        (Command::Build(_) | Command::Fetch(_), Err(e)) if crate::interrupt::caused(&e) => Err(e
+            .context(
+                "stopped: no output was left half-written (the output folder is as it was); \
+                 verified downloads stay in the cache, so the same command carries on",
+            )),
+        (_, result) => result,
+    }
+}
+
+fn dispatch(command: &Command) -> anyhow::Result<()> {
+    match command {
         Command::Init(a) => cmd::init::init(a),
         Command::Secrets(a) => cmd::init::secrets(a),
         Command::Plan(a) => cmd::plan::run(a),

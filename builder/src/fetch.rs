@@ -144,6 +144,17 @@ pub enum FetchError {
     /// Kept as the source (not transparent) so the exit code can find it.
     #[error("download stopped")]
     Interrupted(#[from] interrupt::Interrupted),
+    #[error(
+        "download stopped; the {} received so far are kept in {} and the next run resumes from there",
+        crate::progress::size(*got),
+        part.display()
+    )]
+    InterruptedKept {
+        got: u64,
+        part: PathBuf,
+        #[source]
+        source: interrupt::Interrupted,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
@@ -447,7 +458,14 @@ impl Fetcher {
         let mut buf = vec![0u8; 256 << 10];
         let mut got = offset;
         loop {
-            interrupt::check()?;
+            if let Err(source) = interrupt::check() {
+                bar.abandon();
+                return Err(FetchError::InterruptedKept {
+                    got,
+                    part: part.to_path_buf(),
+                    source,
+                });
+            }
             let n = match body.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,

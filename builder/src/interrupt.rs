@@ -9,7 +9,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static INSTALL: Once = Once::new();
 
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted (Ctrl-C); nothing was left half-written")]
+#[error("interrupted (Ctrl-C)")]
 pub struct Interrupted;
 
 /// Install the SIGINT/SIGTERM handler (idempotent). A second Ctrl-C exits at once.

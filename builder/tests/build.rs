@@ -539,6 +539,7 @@ fn ctrl_c_leaves_no_half_written_image() {
     let err = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
+    assert!(err.contains("the output folder is as it was"), "{err}");
     let left: Vec<String> = entries(&out)
         .into_iter()
         .filter(|n| n != ".picluster-build.lock")

@@ -406,3 +406,47 @@ fn a_file_that_is_not_a_disk_image_is_named_as_such_by_inspect_and_flash() {
     // Nothing was written to the target.
     assert!(std::fs::read(&target).unwrap().iter().all(|&b| b == 0));
 }
+
+#[test]
+fn ctrl_c_during_a_download_says_what_was_kept_and_the_next_run_resumes() {
+    let s = support::cluster::setup(&[]);
+    s.server
+        .throttle("base.img.xz", std::time::Duration::from_millis(30));
+    let partial = s.cache().join("partial");
+    let child = s
+        .cmd()
+        .arg("fetch")
+        .arg("-c")
+        .arg(s.config())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let has_bytes = || {
+        entries(&partial).iter().any(|n| {
+            n.ends_with(".part")
+                && std::fs::metadata(partial.join(n)).is_ok_and(|m| m.len() > 64 << 10)
+        })
+    };
+    while !has_bytes() {
+        assert!(t0.elapsed().as_secs() < 60, "the download did not start");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    run(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("received so far are kept in") && err.contains("resumes"),
+        "{err}"
+    );
+    assert!(!err.contains("nothing was left"), "{err}");
+    s.server.throttle("base.img.xz", std::time::Duration::ZERO);
+    run(s.cmd().arg("fetch").arg("-c").arg(s.config()));
+    let reqs = s.server.requests_for("base.img.xz");
+    assert!(
+        reqs.last().unwrap().range.is_some(),
+        "the second run resumed: {:?}",
+        reqs.iter().map(|r| r.range.clone()).collect::<Vec<_>>()
+    );
+}
