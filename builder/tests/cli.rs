@@ -183,6 +183,41 @@ fn secrets_command_creates_missing_file_and_keeps_existing_values() {
         err.contains("mode 0644") && err.contains("chmod 600"),
         "{err}"
     );
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A file that lost a key: named with its fix, and repaired by `secrets`
+    // without touching the other values.
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("k3s_agent_token"))
+        .collect();
+    std::fs::write(&secrets, kept.join("\n")).unwrap();
+    let err = fails(picluster(&cache).arg("plan").arg("-c").arg(&cfg));
+    assert!(
+        err.contains("k3s_agent_token")
+            && err.contains("is missing")
+            && !err.contains("missing field"),
+        "{err}"
+    );
+    let out = picluster(&cache)
+        .arg("secrets")
+        .arg("-c")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("re-flash"), "{said}");
+    let repaired = std::fs::read_to_string(&secrets).unwrap();
+    for line in kept
+        .iter()
+        .filter(|l| l.starts_with("k3s_token") || l.starts_with("node_secret"))
+    {
+        assert!(repaired.contains(line), "kept: {line}");
+    }
+    assert!(repaired.contains("k3s_agent_token = "), "{repaired}");
+    run(picluster(&cache).arg("plan").arg("-c").arg(&cfg));
 }
 
 #[test]

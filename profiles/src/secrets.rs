@@ -24,10 +24,15 @@ pub const SECRETS_FILE_NAME: &str = "secrets.toml";
 #[serde(deny_unknown_fields)]
 pub struct Secrets {
     /// K3s server token: servers join each other with it.
+    /// (Missing keys load as empty and are reported, or made by `picluster secrets`.)
+    #[serde(default)]
     pub k3s_token: String,
-    /// K3s agent token (`agent-token`): the only token an agent's image carries.
+    /// K3s agent token (what K3s keeps in `server/agent-token`): the only
+    /// token an agent's image carries.
+    #[serde(default)]
     pub k3s_agent_token: String,
     /// Key from which every node's stable K3s node password is derived.
+    #[serde(default)]
     pub node_secret: String,
     /// Token of the existing cluster named by `[cluster] join`, for agents: its
     /// agent token (`K10…::node:…`) or a plain token.
@@ -78,6 +83,19 @@ pub fn random_hex(n: usize) -> Result<String, Error> {
     Ok(hex(&buf))
 }
 
+/// `[platform]` keys in today's spelling: `postgresql-password` (files
+/// written before the keys were snake_case) reads as `postgresql_password`;
+/// when both are present the new spelling wins.
+fn normalise_platform_keys(map: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let (new, old): (Vec<_>, Vec<_>) = map.into_iter().partition(|(k, _)| !k.contains('-'));
+    for (k, v) in old {
+        out.insert(k.replace('-', "_"), v);
+    }
+    out.extend(new);
+    out
+}
+
 /// Fresh values for the platform secrets missing from `existing`.
 fn generate_missing(
     platform: &Platform,
@@ -115,6 +133,25 @@ impl Secrets {
     }
 
     pub fn load(path: &Path, cluster_file: &Path) -> Result<Secrets, Error> {
+        Secrets::load_with(path, cluster_file, false).map(|(s, _)| s)
+    }
+
+    /// Load a secrets file that may lack some of the core keys, for
+    /// `picluster secrets` to add them; returns their names.
+    pub fn load_repairable(
+        path: &Path,
+        cluster_file: &Path,
+    ) -> Result<(Secrets, Vec<&'static str>), Error> {
+        let (mut secrets, missing) = Secrets::load_with(path, cluster_file, true)?;
+        secrets.pki = ClusterPki::load_for(cluster_file)?;
+        Ok((secrets, missing))
+    }
+
+    fn load_with(
+        path: &Path,
+        cluster_file: &Path,
+        allow_missing: bool,
+    ) -> Result<(Secrets, Vec<&'static str>), Error> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -151,13 +188,17 @@ impl Secrets {
                 Some(format!("run `chmod 600 {}`", path.display())),
             );
         }
-        let secrets = match toml::from_str::<Secrets>(&text) {
+        let mut secrets = match toml::from_str::<Secrets>(&text) {
             Ok(s) => Some(s),
             Err(e) => {
                 src.toml_problem_redacted(&e);
                 None
             }
         };
+        if let Some(s) = &mut secrets {
+            s.platform = normalise_platform_keys(std::mem::take(&mut s.platform));
+        }
+        let mut missing = Vec::new();
         if let Some(s) = &secrets {
             for (field, value) in [
                 ("k3s_token", &s.k3s_token),
@@ -165,7 +206,20 @@ impl Secrets {
                 ("node_secret", &s.node_secret),
             ] {
                 let span = text.find(&format!("{field} ")).map(|i| i..i + field.len());
-                if value.len() < 16 {
+                if value.is_empty() && span.is_none() {
+                    missing.push(field);
+                    if !allow_missing {
+                        src.report(
+                            None,
+                            field,
+                            "is missing",
+                            Some(format!(
+                                "run `picluster secrets -c {}` to add it (existing values are kept)",
+                                cluster_file.display()
+                            )),
+                        );
+                    }
+                } else if value.len() < 16 {
                     src.report(
                         span,
                         field,
@@ -214,7 +268,24 @@ impl Secrets {
             }
         }
         src.finish()?;
-        Ok(secrets.expect("parsed when no problem was reported"))
+        Ok((
+            secrets.expect("parsed when no problem was reported"),
+            missing,
+        ))
+    }
+
+    /// Give the core keys named in `missing` fresh random values.
+    pub fn fill_core(&mut self, missing: &[&str]) -> Result<(), Error> {
+        for field in missing {
+            let slot = match *field {
+                "k3s_token" => &mut self.k3s_token,
+                "k3s_agent_token" => &mut self.k3s_agent_token,
+                "node_secret" => &mut self.node_secret,
+                _ => continue,
+            };
+            *slot = random_hex(32)?;
+        }
+        Ok(())
     }
 
     /// Write to `path` with mode 0600; never overwrites an existing file.
@@ -429,9 +500,9 @@ mod tests {
         let mut s = Secrets::generate().unwrap();
         s.write_new(&path, "homelab").unwrap();
         let added = s.fill_platform(&cluster.platform).unwrap();
-        assert!(added.contains(&"nifi-password".to_string()), "{added:?}");
+        assert!(added.contains(&"nifi_password".to_string()), "{added:?}");
         assert!(
-            added.contains(&"postgresql-password".to_string()),
+            added.contains(&"postgresql_password".to_string()),
             "{added:?}"
         );
         let before = s.platform.clone();
@@ -447,7 +518,7 @@ mod tests {
             1,
             "no temporary file left"
         );
-        assert!(!format!("{s:?}").contains(&before["nifi-password"]));
+        assert!(!format!("{s:?}").contains(&before["nifi_password"]));
     }
 
     #[test]
@@ -510,5 +581,37 @@ mod tests {
         assert_ne!(s.node_password("pi-1"), s.node_password("pi-2"));
         assert_eq!(s.node_password("pi-1").len(), 64);
         assert!(!format!("{s:?}").contains(&s.k3s_token));
+    }
+
+    #[test]
+    fn old_dashed_platform_keys_are_read_and_missing_core_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = dir.path().join("cluster.toml");
+        let path = secrets_path(&cluster);
+        let text = format!(
+            "k3s_token = \"{a}\"\nnode_secret = \"{a}\"\n\n[platform]\npostgresql-password = \"old\"\njupyter_token = \"new\"\n",
+            a = "a".repeat(32)
+        );
+        std::fs::write(&path, &text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let msg = Secrets::load_for(&cluster).unwrap_err().to_string();
+        assert!(
+            msg.contains("k3s_agent_token")
+                && msg.contains("is missing")
+                && msg.contains("picluster secrets -c"),
+            "{msg}"
+        );
+        assert!(!msg.contains("missing field"), "{msg}");
+        let (mut s, missing) = Secrets::load_repairable(&path, &cluster).unwrap();
+        assert_eq!(missing, ["k3s_agent_token"]);
+        assert_eq!(s.platform["postgresql_password"], "old");
+        assert_eq!(s.platform["jupyter_token"], "new");
+        s.fill_core(&missing).unwrap();
+        assert_eq!(s.k3s_agent_token.len(), 64);
+        assert_eq!(s.k3s_token, "a".repeat(32), "existing values kept");
+        s.rewrite(&path, "x").unwrap();
+        let again = std::fs::read_to_string(&path).unwrap();
+        assert!(again.contains("postgresql_password") && !again.contains("postgresql-password"));
+        assert!(Secrets::load_for(&cluster).is_ok());
     }
 }

@@ -219,10 +219,19 @@ pub fn secrets(args: &SecretsArgs) -> Result<()> {
         Ok(Some(field))
     };
     if path.exists() {
-        // A secrets file with problems stops here, before anything is made.
-        let mut secrets = Secrets::load_for(&args.config)?;
+        // A secrets file with problems stops here, before anything is made;
+        // missing core keys are what this command repairs.
+        let (mut secrets, missing) = Secrets::load_repairable(&path, &args.config)?;
         let made_pki = ensure_pki(&cluster)?;
-        let mut added = secrets.fill_platform(&cluster.platform)?;
+        secrets.fill_core(&missing)?;
+        for field in &missing {
+            eprintln!(
+                "warning: {} had no {field}; a new one was made. Nodes built before carry the old value: rebuild and re-flash every node, the first server first",
+                path.display()
+            );
+        }
+        let mut added: Vec<String> = missing.iter().map(|f| f.to_string()).collect();
+        added.extend(secrets.fill_platform(&cluster.platform)?);
         if let Some(field) = store_join(&mut secrets)? {
             added.push(field.to_string());
         }

@@ -5,15 +5,16 @@
 use super::Platform;
 use super::catalog::Component;
 
-/// Keys of `secrets.toml`'s `[platform]` map.
+/// Keys of `secrets.toml`'s `[platform]` map: snake_case like the file's
+/// other keys (older files used `-`; they are still read).
 pub mod keys {
-    pub const POSTGRESQL_PASSWORD: &str = "postgresql-password";
-    pub const S3_ACCESS_KEY: &str = "s3-access-key";
-    pub const S3_SECRET_KEY: &str = "s3-secret-key";
-    pub const NIFI_PASSWORD: &str = "nifi-password";
-    pub const NIFI_SENSITIVE_KEY: &str = "nifi-sensitive-key";
-    pub const GRAFANA_ADMIN_PASSWORD: &str = "grafana-admin-password";
-    pub const JUPYTER_TOKEN: &str = "jupyter-token";
+    pub const POSTGRESQL_PASSWORD: &str = "postgresql_password";
+    pub const S3_ACCESS_KEY: &str = "s3_access_key";
+    pub const S3_SECRET_KEY: &str = "s3_secret_key";
+    pub const NIFI_PASSWORD: &str = "nifi_password";
+    pub const NIFI_SENSITIVE_KEY: &str = "nifi_sensitive_key";
+    pub const GRAFANA_ADMIN_PASSWORD: &str = "grafana_admin_password";
+    pub const JUPYTER_TOKEN: &str = "jupyter_token";
 }
 
 /// The platform secrets a selection needs, with the number of random bytes
