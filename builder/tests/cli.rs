@@ -485,3 +485,35 @@ fn ctrl_c_during_a_download_says_what_was_kept_and_the_next_run_resumes() {
         reqs.iter().map(|r| r.range.clone()).collect::<Vec<_>>()
     );
 }
+
+/// README's command table against the binary: every `picluster` command it
+/// lists answers `--help`, and every option it shows is one that help lists.
+#[test]
+fn every_command_in_the_readme_has_help_listing_its_options() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for line in readme.lines().filter(|l| l.starts_with("| `picluster ")) {
+        let usage = line.split('`').nth(1).unwrap();
+        let sub = usage.split_whitespace().nth(1).unwrap();
+        let help = run(picluster(&d.path().join("cache")).args([sub, "--help"]));
+        for word in usage.split(|c: char| c.is_whitespace() || "[]()|\\".contains(c)) {
+            if let Some(flag) = word.strip_prefix("--").filter(|f| !f.is_empty()) {
+                assert!(
+                    help.contains(&format!("--{flag}")),
+                    "README shows `picluster {sub} --{flag}`, its --help does not:\n{help}"
+                );
+            }
+        }
+        if let Some(values) = usage.split("--compress ").nth(1) {
+            for v in values.split(']').next().unwrap().split("\\|") {
+                assert!(help.contains(v), "--compress {v} is not in:\n{help}");
+            }
+        }
+        seen += 1;
+    }
+    assert!(
+        seen >= 9,
+        "README's command table was not found ({seen} rows)"
+    );
+}
