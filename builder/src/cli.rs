@@ -57,6 +57,49 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Whether the command was asked for JSON: its errors then go to stderr as
+/// one JSON object too, for scripts.
+pub fn wants_json(command: &Command) -> bool {
+    match command {
+        Command::Plan(a) => a.json,
+        Command::Inspect(a) => a.json,
+        Command::Status(a) => a.json,
+        _ => false,
+    }
+}
+
+/// An error as JSON: `{"error": {"message", "causes", "problems": [{file,
+/// line, column, field, message, fix}]}}`; `problems` lists each thing wrong
+/// with a cluster or secrets file (empty for other errors).
+pub fn error_json(err: &anyhow::Error) -> String {
+    let problems: Vec<serde_json::Value> = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<picluster_profiles::Error>())
+        .map(|e| e.problems())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "file": p.file.display().to_string(),
+                "line": p.line.map(|(l, _)| l),
+                "column": p.line.map(|(_, c)| c),
+                "field": p.field,
+                "message": p.message,
+                "fix": p.hint,
+            })
+        })
+        .collect();
+    let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
+    serde_json::json!({
+        "error": {
+            "message": err.to_string(),
+            "causes": causes,
+            "problems": problems,
+        }
+    })
+    .to_string()
+}
+
 fn dispatch(command: &Command) -> anyhow::Result<()> {
     match command {
         Command::Init(a) => cmd::init::init(a),

@@ -517,3 +517,47 @@ fn every_command_in_the_readme_has_help_listing_its_options() {
         "README's command table was not found ({seen} rows)"
     );
 }
+
+#[test]
+fn under_json_an_error_is_one_json_object_on_stderr() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let home = d.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let dir = d.path().join("c");
+    run(picluster(&cache).env("HOME", &home).arg("init").arg(&dir));
+    let cfg = dir.join("cluster.toml");
+    let out = picluster(&cache)
+        .args(["plan", "--json", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let v: serde_json::Value = serde_json::from_slice(&out.stderr)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let p = &v["error"]["problems"][0];
+    assert!(p["file"].as_str().unwrap().ends_with("cluster.toml"), "{v}");
+    assert!(p["line"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(p["field"], "access.ssh_authorized_keys", "{v}");
+    assert!(
+        p["message"].as_str().unwrap().contains("example key"),
+        "{v}"
+    );
+    assert!(p["fix"].as_str().unwrap().contains("public key"), "{v}");
+    // Other errors: a message and its causes, no problems.
+    let out = picluster(&cache)
+        .args(["inspect", "--json"])
+        .arg(d.path().join("missing.img"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing.img"),
+        "{v}"
+    );
+    assert_eq!(v["error"]["problems"], serde_json::json!([]), "{v}");
+}
