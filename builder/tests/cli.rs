@@ -15,16 +15,21 @@ fn secret_values(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// `init` in a HOME without `~/.ssh/*.pub`: the cluster file keeps the
+/// sample key (which plan and build refuse). Returns (cache, cluster file).
+fn init_with_sample_key(d: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cache = d.join("cache");
+    let home = d.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let dir = d.join("c");
+    run(picluster(&cache).env("HOME", &home).arg("init").arg(&dir));
+    (cache, dir.join("cluster.toml"))
+}
+
 #[test]
 fn plan_refuses_the_sample_key_and_says_how_to_add_a_real_one() {
     let d = tempfile::tempdir().unwrap();
-    let cache = d.path().join("cache");
-    // No ~/.ssh/*.pub: init keeps the sample key and warns.
-    let home = d.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let dir = d.path().join("c");
-    run(picluster(&cache).env("HOME", &home).arg("init").arg(&dir));
-    let cfg = dir.join("cluster.toml");
+    let (cache, cfg) = init_with_sample_key(d.path());
     let err = fails(picluster(&cache).arg("plan").arg("-c").arg(&cfg));
     let text = std::fs::read_to_string(&cfg).unwrap();
     let line = text
@@ -521,12 +526,7 @@ fn every_command_in_the_readme_has_help_listing_its_options() {
 #[test]
 fn under_json_an_error_is_one_json_object_on_stderr() {
     let d = tempfile::tempdir().unwrap();
-    let cache = d.path().join("cache");
-    let home = d.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let dir = d.path().join("c");
-    run(picluster(&cache).env("HOME", &home).arg("init").arg(&dir));
-    let cfg = dir.join("cluster.toml");
+    let (cache, cfg) = init_with_sample_key(d.path());
     let out = picluster(&cache)
         .args(["plan", "--json", "-c"])
         .arg(&cfg)
