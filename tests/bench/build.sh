@@ -45,20 +45,9 @@ used=$(du -B1 fixture/base.img | cut -f1)
 echo "base.img: $(stat -c %s fixture/base.img) bytes, $used in use; base.img.xz: $(stat -c %s fixture/base.img.xz) bytes"
 xz -lv fixture/base.img.xz | awk '/Streams|Blocks/ {print "  xz " $0}' | head -2
 
-echo "== tools"
-(cd "$repo" && cargo build -q --release -p picluster-node --target aarch64-unknown-linux-musl && cargo build -q --release -p picluster)
-picluster="$repo/target/release/picluster"
-export PICLUSTER_AGENT="$repo/target/aarch64-unknown-linux-musl/release/picluster-node"
-ver=v1.33.5+k3s1
-if [ ! -f mirror/$ver/k3s-arm64 ]; then
-  mkdir -p mirror/$ver
-  head -c 73400320 /dev/urandom > mirror/$ver/k3s-arm64   # the real one is ~70 MiB
-  (cd mirror/$ver && sha256sum k3s-arm64 > sha256sum-arm64.txt)
-fi
-rm -rf cluster && "$picluster" -q init cluster >/dev/null 2>&1
-sed -i "s|^# k3s_mirror = .*|k3s_mirror = \"$work/mirror\"|; s|^components = .*|components = []|" cluster/cluster.toml
+# shellcheck source=./cluster.sh
+. "$repo/tests/bench/cluster.sh"
 export PICLUSTER_CACHE_DIR="$data/cache"
-export SOURCE_DATE_EPOCH=1750000000
 
 echo "== naive: xz -dc + mtools, per node"
 naive=$data/naive out=$data/out ref=$data/ref
@@ -77,7 +66,7 @@ for node in pi-master pi-worker-1 pi-worker-2 pi-worker-3; do
   img="$naive/$node.img@@$start_p1"
   mcopy -o -i "$img" files/cmdline.txt files/config.txt files/ssh files/picluster-node.json files/picluster-secrets.json ::/
   mcopy -o -i "$img" "$PICLUSTER_AGENT" ::/picluster-node
-  mcopy -o -i "$img" mirror/$ver/k3s-arm64 ::/k3s-arm64
+  mcopy -o -i "$img" "mirror/$ver/k3s-arm64" ::/k3s-arm64
 done
 sync -f "$naive"
 t_naive=$(secs "$t0" "$(now)")
