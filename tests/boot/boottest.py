@@ -402,6 +402,10 @@ def write_cluster(work: Path, fixture: Path, mirror_url: str, pubkey: str) -> tu
     cluster = work / "cluster.toml"
     base = fixture / "base.img"
     sha = (fixture / "base.img.sha256").read_text().split()[0]
+    # The mirror serves the stand-in under the real version, which
+    # images/k3s.toml pins to the real binary's digest: the cluster file's
+    # own pin (what a user with a private mirror writes) names the stand-in.
+    standin = (work / "mirror" / K3S_VERSION / "sha256sum-arm64.txt").read_text().split()[0]
     nodes = "\n".join(
         f'[[nodes]]\nname = "{n["name"]}"\nip = "{n["ip"]}"\nrole = "{n["role"]}"\n'
         + ('labels = { "picluster.io/boottest" = "yes" }\n' if n["role"] == "server" else "")
@@ -412,6 +416,7 @@ def write_cluster(work: Path, fixture: Path, mirror_url: str, pubkey: str) -> tu
 name = "boottest"
 k3s_version = "{K3S_VERSION}"
 k3s_mirror = "{mirror_url}"
+k3s_sha256 = "{standin}"
 
 [image]
 url = "file://{base}"
