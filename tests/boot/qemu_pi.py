@@ -258,7 +258,9 @@ class PiMachine:
             "-drive", f"file={c.image},format=raw,if=none,id=disk0,cache=writeback",
             "-device", "virtio-blk-pci,drive=disk0",
             "-netdev", netdev,
-            "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56",
+            # romfile=: no PXE option ROM (the kernel is booted directly), so
+            # ipxe-qemu, which a --no-install-recommends qemu lacks, is not needed.
+            "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,romfile=",
             # The Pi has a hardware RNG; so does this machine (sshd needs entropy).
             "-device", "virtio-rng-pci",
             "-chardev", f"file,id=serial0,path={log}",
