@@ -343,7 +343,7 @@ fn missing_platform_secrets_are_an_error_naming_the_fix() {
     let s = Secrets::generate().unwrap();
     let msg = manifests(&c, &s).unwrap_err().to_string();
     assert!(
-        msg.contains("secrets.toml") && msg.contains("nifi-password"),
+        msg.contains("secrets.toml") && msg.contains("nifi_password"),
         "{msg}"
     );
     assert!(msg.contains("picluster secrets -c"), "{msg}");
