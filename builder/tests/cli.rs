@@ -561,3 +561,29 @@ fn under_json_an_error_is_one_json_object_on_stderr() {
     );
     assert_eq!(v["error"]["problems"], serde_json::json!([]), "{v}");
 }
+
+#[test]
+fn init_given_a_private_key_says_so_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let key = d.path().join("id_ed25519");
+    run(std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key));
+    let dir = d.path().join("c");
+    let err = fails(
+        picluster(&d.path().join("cache"))
+            .arg("init")
+            .arg(&dir)
+            .arg("--ssh-key")
+            .arg(&key),
+    );
+    assert!(
+        err.contains("this is a private key") && err.contains(".pub"),
+        "{err}"
+    );
+    assert!(!err.contains("line break"), "{err}");
+    let private = std::fs::read_to_string(&key).unwrap();
+    let body = private.lines().nth(1).unwrap();
+    assert!(!err.contains(body), "the key never reaches the message");
+    assert!(!dir.join("cluster.toml").exists());
+}

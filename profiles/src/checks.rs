@@ -146,6 +146,14 @@ const SSH_KEY_TYPES: &[&str] = &[
 /// An OpenSSH public key line: `<type> <base64 blob> [comment]`, where the blob
 /// decodes and names the same type.
 pub fn ssh_public_key(line: &str) -> Result<(), String> {
+    // `-----BEGIN OPENSSH PRIVATE KEY-----` (and the PEM forms): the wrong
+    // half of the pair, and one that must never go into a cluster file.
+    if line.contains("PRIVATE KEY-----") {
+        return Err(
+            "this is a private key, which must never leave your machine; give its public half, the .pub file (e.g. ~/.ssh/id_ed25519.pub)"
+                .to_string(),
+        );
+    }
     let mut parts = line.split_whitespace();
     let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
         return Err(
