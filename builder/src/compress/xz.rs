@@ -95,7 +95,8 @@ fn single_block(stream: &[u8]) -> io::Result<Block> {
     })
 }
 
-fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+/// A multibyte integer of the .xz format (section 1.2) at `buf[*pos..]`.
+pub(crate) fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..63).step_by(7) {
         let b = *buf.get(*pos)?;

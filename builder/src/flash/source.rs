@@ -318,18 +318,7 @@ pub fn xz_uncompressed_size(file: &File, len: u64) -> io::Result<Option<(u64, u3
             return Ok(None);
         }
         let mut i = 1;
-        let mut varint = || -> Option<u64> {
-            let mut v = 0u64;
-            for shift in (0..63).step_by(7) {
-                let b = *index.get(i)?;
-                i += 1;
-                v |= u64::from(b & 0x7F) << shift;
-                if b & 0x80 == 0 {
-                    return Some(v);
-                }
-            }
-            None
-        };
+        let mut varint = || crate::compress::xz::varint(&index, &mut i);
         let Some(records) = varint() else {
             return Ok(None);
         };
