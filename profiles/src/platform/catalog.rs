@@ -112,6 +112,37 @@ impl Component {
     }
 }
 
+impl Component {
+    /// The pinned Helm charts the component installs, each with the prefix
+    /// of its template variables in the component's overlay (`cnpg_version`,
+    /// `loki_repo`; empty for `version`/`repo`). Manifests and `plan --json`
+    /// both read this list, so they cannot disagree.
+    pub fn charts(self) -> &'static [(&'static str, Chart)] {
+        match self {
+            Component::Postgresql => &[("cnpg", CNPG_OPERATOR), ("cluster", CNPG_CLUSTER)],
+            Component::Trino => &[("", TRINO)],
+            Component::Monitoring => &[("", KUBE_PROMETHEUS_STACK)],
+            Component::Logs => &[("loki", LOKI), ("alloy", ALLOY)],
+            Component::Metallb => &[("", METALLB)],
+            Component::CertManager => &[("", CERT_MANAGER)],
+            Component::Longhorn => &[("", LONGHORN)],
+            Component::Seaweedfs | Component::Minio | Component::Nifi | Component::Jupyter => &[],
+        }
+    }
+
+    /// Container images picluster's own manifests of the component name (images
+    /// a chart brings are pinned by the chart's version).
+    pub fn images(self) -> &'static [&'static str] {
+        match self {
+            Component::Seaweedfs => &[SEAWEEDFS_IMAGE, PLATFORM_CHECK_IMAGE],
+            Component::Minio => &[MINIO_IMAGE],
+            Component::Nifi => &[NIFI_IMAGE],
+            Component::Jupyter => &[JUPYTER_IMAGE],
+            _ => &[],
+        }
+    }
+}
+
 impl fmt::Display for Component {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -226,3 +257,19 @@ pub const JUPYTER_PIP_PACKAGES: &str = "trino==0.340.0 boto3==1.44.5 pandas==3.1
 pub const PLATFORM_CHECK_IMAGE: &str = "python:3.13-alpine3.23@sha256:6438599575cca0d1df94aeee0d2ae088d4d8846eab554b2ee7784a3a6df0d516";
 /// PostgreSQL major version of the CloudNativePG cluster.
 pub const POSTGRESQL_MAJOR: &str = "17";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pinned_chart_belongs_to_exactly_one_component() {
+        let mut used: Vec<Chart> = Component::ALL
+            .iter()
+            .flat_map(|c| c.charts().iter().map(|&(_, chart)| chart))
+            .collect();
+        assert_eq!(used.len(), CHARTS.len(), "{used:?}");
+        used.retain(|c| !CHARTS.contains(c));
+        assert!(used.is_empty(), "not in CHARTS: {used:?}");
+    }
+}

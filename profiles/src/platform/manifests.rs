@@ -123,10 +123,11 @@ impl Ctx<'_> {
         let s = self.settings(c);
         let mut v = self.base_vars(c);
         let main = resources(s.memory_mib, s.cpu_m);
+        for &(prefix, chart) in c.charts() {
+            self.chart(&mut v, prefix, chart);
+        }
         let template = match c {
             Component::Postgresql => {
-                self.chart(&mut v, "cnpg", catalog::CNPG_OPERATOR);
-                self.chart(&mut v, "cluster", catalog::CNPG_CLUSTER);
                 v.insert("pg_major".into(), catalog::POSTGRESQL_MAJOR.into());
                 v.insert("res.cnpg-operator".into(), size(sizes::CNPG_OPERATOR));
                 v.insert("res.postgresql".into(), main);
@@ -158,7 +159,6 @@ impl Ctx<'_> {
                 include_str!("../../../overlays/minio.yaml")
             }
             Component::Trino => {
-                self.chart(&mut v, "", catalog::TRINO);
                 let (ch, chr, cpn) = trino_memory(sizes::TRINO_COORDINATOR.0);
                 let (wh, whr, wpn) = trino_memory(s.memory_mib);
                 v.insert("coord_heap".into(), format!("{ch}M"));
@@ -198,7 +198,6 @@ impl Ctx<'_> {
                 include_str!("../../../overlays/jupyter.yaml")
             }
             Component::Monitoring => {
-                self.chart(&mut v, "", catalog::KUBE_PROMETHEUS_STACK);
                 let endpoints: Vec<String> =
                     self.cluster.servers().map(|n| n.ip.to_string()).collect();
                 v.insert("etcd_endpoints".into(), json!(endpoints).to_string());
@@ -249,15 +248,12 @@ impl Ctx<'_> {
                 include_str!("../../../overlays/monitoring.yaml")
             }
             Component::Logs => {
-                self.chart(&mut v, "loki", catalog::LOKI);
-                self.chart(&mut v, "alloy", catalog::ALLOY);
                 v.insert("res.loki".into(), main);
                 v.insert("res.alloy".into(), size(sizes::ALLOY));
                 v.insert("res.alloy-reloader".into(), size(sizes::ALLOY_RELOADER));
                 include_str!("../../../overlays/logs.yaml")
             }
             Component::Metallb => {
-                self.chart(&mut v, "", catalog::METALLB);
                 v.insert(
                     "res.metallb-controller".into(),
                     size(sizes::METALLB_CONTROLLER),
@@ -289,7 +285,6 @@ impl Ctx<'_> {
                 include_str!("../../../overlays/metallb.yaml")
             }
             Component::CertManager => {
-                self.chart(&mut v, "", catalog::CERT_MANAGER);
                 v.insert(
                     "res.cert-manager".into(),
                     size(sizes::CERT_MANAGER_CONTROLLER),
@@ -305,7 +300,6 @@ impl Ctx<'_> {
                 include_str!("../../../overlays/cert-manager.yaml")
             }
             Component::Longhorn => {
-                self.chart(&mut v, "", catalog::LONGHORN);
                 let (m, c) = sizes::LONGHORN_MANAGER;
                 v.insert(
                     "res.longhorn-manager".into(),
