@@ -41,6 +41,16 @@ pub enum AgentError {
     },
 }
 
+impl AgentError {
+    /// The file that was found but refused (none when nothing was found).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            AgentError::NotFound(_) => None,
+            AgentError::Invalid { path, .. } | AgentError::Mismatch { path, .. } => Some(path),
+        }
+    }
+}
+
 /// The agent version this picluster embeds: its own version, built from the
 /// same sources (`picluster --version` shows both).
 pub const EXPECTED_AGENT: &str = concat!(

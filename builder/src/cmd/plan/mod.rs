@@ -1,13 +1,18 @@
 //! `picluster plan`: validate the cluster file and show, per node, every file
 //! and kernel argument its image will receive. Secrets are masked.
 
+mod text;
+
 use std::path::PathBuf;
 
 use anyhow::Result;
 use picluster_profiles::bundle::BootAsset;
+use picluster_profiles::platform::{Budget, Platform};
 use picluster_profiles::render::{self, RenderInputs};
 use picluster_profiles::{Cluster, Node, Phase, Secrets};
 use serde::Serialize;
+
+pub use text::text;
 
 use crate::agent;
 use crate::base;
@@ -16,7 +21,6 @@ use crate::cache::Cache;
 use crate::cmd::build::{Inputs, build_epoch, load_inputs, select_nodes};
 use crate::fetch::Expect;
 use crate::obtain::BaseRequest;
-use crate::progress;
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -31,21 +35,110 @@ pub struct PlanArgs {
     pub nodes: Vec<String>,
 }
 
+/// What `plan --json` prints. Sizes are bytes, memory MiB, CPU millicores
+/// (the unit is in each field's name where it is not bytes). A field that
+/// changes meaning or goes away bumps `schema_version`; the shape is pinned by
+/// builder/tests/plan_json.rs.
 #[derive(Debug, Serialize)]
 pub struct Plan {
+    pub schema_version: u32,
     pub cluster: String,
     pub k3s_version: String,
     pub k3s_source: String,
     pub api_server: String,
-    pub base: String,
-    pub base_sha256: Option<String>,
-    pub base_cached: bool,
-    pub agent: String,
-    /// Data-platform components, one line each (empty when none are selected).
-    pub platform: Vec<String>,
-    /// Per-node memory/CPU budget of the platform, as printed.
-    pub budget: Option<String>,
+    pub base: PlannedBase,
+    pub agent: PlannedAgent,
+    /// Data-platform components (empty when none are selected).
+    pub platform: Vec<PlannedComponent>,
+    /// Per-node memory/CPU requests of the platform.
+    pub budget: Option<PlannedBudget>,
     pub nodes: Vec<NodePlan>,
+    /// The platform and budget as `plan` prints them.
+    #[serde(skip)]
+    pub platform_text: String,
+    #[serde(skip)]
+    pub budget_text: Option<String>,
+}
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct PlannedBase {
+    /// URL or path of the compressed base image.
+    pub location: String,
+    /// The pinned digest of the download (absent for a local file checked
+    /// against the `.sha256` beside it).
+    pub sha256: Option<String>,
+    /// Already decompressed in the cache (no download at build time).
+    pub cached: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Found and built from this picluster's sources.
+    Ready,
+    NotBuilt,
+    /// Found, but `build` would refuse it (`problem` says why).
+    Unusable,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlannedAgent {
+    pub state: AgentState,
+    pub path: Option<String>,
+    pub version: Option<String>,
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlannedComponent {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub namespace: &'static str,
+    /// The selected component that needed this one, when the cluster file
+    /// did not list it.
+    pub added_for: Option<&'static str>,
+    pub charts: Vec<PlannedChart>,
+    pub images: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlannedChart {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub repo: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlannedBudget {
+    pub node_memory_mib: u32,
+    /// Summed over the nodes: requested by the platform, and left for it
+    /// after the OS and K3s.
+    pub memory_requested_mib: u32,
+    pub memory_capacity_mib: u32,
+    pub nodes: Vec<BudgetRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BudgetRow {
+    pub node: String,
+    pub role: &'static str,
+    pub media: &'static str,
+    pub memory_requested_mib: u32,
+    pub memory_capacity_mib: u32,
+    pub cpu_requested_millicores: u32,
+    pub cpu_capacity_millicores: u32,
+    pub pods: Vec<BudgetPod>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BudgetPod {
+    pub id: String,
+    pub memory_mib: u32,
+    pub cpu_millicores: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,8 +187,6 @@ pub struct PlannedUser {
     pub keys_only: bool,
 }
 
-const MASK: &str = "<secret>";
-
 pub fn run(args: &PlanArgs) -> Result<()> {
     let Inputs { cluster, secrets } = load_inputs(&args.config, false)?;
     let plan = make_plan(&cluster, &secrets, &args.nodes)?;
@@ -126,15 +217,7 @@ pub fn make_plan(cluster: &Cluster, secrets: &Secrets, only: &[String]) -> Resul
         cluster.refuse_base_account(&b.rootfs.system_names, b.rootfs.pretty_name())?;
     }
     let agent = agent::locate(None);
-    let agent_desc = match &agent {
-        Ok(a) => format!("picluster-node {} ({})", a.version, a.path.display()),
-        Err(agent::AgentError::NotFound(_)) => format!(
-            "not built yet (cargo build --release -p picluster-node --target {})",
-            agent::TARGET
-        ),
-        // Stale or foreign: `build` would refuse it, say why now.
-        Err(e) => format!("not usable: {}", e.to_string().replace('\n', " ")),
-    };
+    let planned_agent = planned_agent(&agent);
     let pending = |what: &str| BootAsset {
         file: what.to_string(),
         sha256: "(checked at build time)".into(),
@@ -172,23 +255,108 @@ pub fn make_plan(cluster: &Cluster, secrets: &Secrets, only: &[String]) -> Resul
         .map(|n| node_plan(cluster, secrets, n, &inputs, &payload, cached.as_ref()))
         .collect::<Result<_>>()?;
     Ok(Plan {
+        schema_version: SCHEMA_VERSION,
         cluster: cluster.name.clone(),
         k3s_version: cluster.k3s.version.clone(),
         k3s_source: format!("{}/{}", cluster.k3s.mirror, cluster.k3s.version),
         api_server: format!("https://{}:6443", cluster.api_endpoint),
-        base: request.location.to_string(),
-        base_sha256: digest,
-        base_cached: cached.is_some(),
-        agent: agent_desc,
-        platform: cluster
-            .platform
-            .describe()
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        budget: cluster.platform.budget_table().map(|b| b.to_string()),
+        base: PlannedBase {
+            location: request.location.to_string(),
+            sha256: digest,
+            cached: cached.is_some(),
+        },
+        agent: planned_agent,
+        platform: planned_components(&cluster.platform),
+        budget: cluster.platform.budget_table().map(planned_budget),
         nodes: node_plans,
+        platform_text: cluster.platform.describe(),
+        budget_text: cluster.platform.budget_table().map(|b| b.to_string()),
     })
+}
+
+fn planned_agent(found: &Result<agent::AgentBinary, agent::AgentError>) -> PlannedAgent {
+    let none = |state, problem: Option<String>| PlannedAgent {
+        state,
+        path: None,
+        version: None,
+        sha256: None,
+        size: None,
+        problem,
+    };
+    match found {
+        Ok(a) => PlannedAgent {
+            state: AgentState::Ready,
+            path: Some(a.path.display().to_string()),
+            version: Some(a.version.clone()),
+            sha256: Some(a.sha256.clone()),
+            size: Some(a.size),
+            problem: None,
+        },
+        Err(agent::AgentError::NotFound(_)) => none(AgentState::NotBuilt, None),
+        // Stale or foreign: `build` would refuse it, say why now.
+        Err(e) => PlannedAgent {
+            path: e.path().map(|p| p.display().to_string()),
+            ..none(AgentState::Unusable, Some(e.to_string().replace('\n', " ")))
+        },
+    }
+}
+
+fn planned_components(platform: &Platform) -> Vec<PlannedComponent> {
+    platform
+        .components
+        .iter()
+        .map(|&c| PlannedComponent {
+            name: c.name(),
+            summary: c.summary(),
+            namespace: c.namespace(),
+            added_for: platform
+                .added
+                .iter()
+                .find(|a| a.component == c)
+                .map(|a| a.needed_by.name()),
+            charts: c
+                .charts()
+                .iter()
+                .map(|(_, chart)| PlannedChart {
+                    name: chart.name,
+                    version: chart.version,
+                    repo: chart.repo,
+                })
+                .collect(),
+            images: c.images().to_vec(),
+        })
+        .collect()
+}
+
+fn planned_budget(b: &Budget) -> PlannedBudget {
+    let nodes: Vec<BudgetRow> = b
+        .nodes
+        .iter()
+        .map(|n| BudgetRow {
+            node: n.node.clone(),
+            role: n.role.as_str(),
+            media: n.media.as_str(),
+            memory_requested_mib: n.mem_used(),
+            memory_capacity_mib: n.mem_capacity_mib,
+            cpu_requested_millicores: n.cpu_used(),
+            cpu_capacity_millicores: n.cpu_capacity_m,
+            pods: n
+                .pods
+                .iter()
+                .map(|(id, mem, cpu)| BudgetPod {
+                    id: id.clone(),
+                    memory_mib: *mem,
+                    cpu_millicores: *cpu,
+                })
+                .collect(),
+        })
+        .collect();
+    PlannedBudget {
+        node_memory_mib: b.node_memory_mib,
+        memory_requested_mib: nodes.iter().map(|n| n.memory_requested_mib).sum(),
+        memory_capacity_mib: nodes.iter().map(|n| n.memory_capacity_mib).sum(),
+        nodes,
+    }
 }
 
 fn node_plan(
@@ -282,122 +450,4 @@ fn node_plan(
             keys_only: bundle.user.keys_only,
         },
     })
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Stage1 => "stage 1",
-        Phase::BeforeK3s => "before K3s",
-        Phase::AfterReady => "after Ready",
-    }
-}
-
-pub fn text(plan: &Plan) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "cluster \"{}\": {} node(s), K3s {}, API {}",
-        plan.cluster,
-        plan.nodes.len(),
-        plan.k3s_version,
-        plan.api_server
-    );
-    let _ = writeln!(
-        s,
-        "base:  {}{}",
-        plan.base,
-        if plan.base_cached {
-            " (in cache)"
-        } else {
-            " (downloaded at build time)"
-        }
-    );
-    let _ = writeln!(s, "k3s:   {}", plan.k3s_source);
-    let _ = writeln!(s, "agent: {}", plan.agent);
-    if !plan.platform.is_empty() {
-        let _ = writeln!(s, "\ndata platform (deployed by the first server):");
-        for l in &plan.platform {
-            let _ = writeln!(s, "    {l}");
-        }
-    }
-    if let Some(b) = &plan.budget {
-        let _ = writeln!(s, "\n{}", b.trim_end());
-    }
-    for n in &plan.nodes {
-        let _ = writeln!(s);
-        let role = if n.init_server {
-            "server, initialises the cluster".to_string()
-        } else {
-            n.role.to_string()
-        };
-        let _ = writeln!(
-            s,
-            "== {} ({role}) {} via {}, {}",
-            n.name,
-            n.address,
-            n.gateway,
-            n.media.to_uppercase()
-        );
-        if !n.labels.is_empty() {
-            let _ = writeln!(s, "labels: {}", n.labels.join(", "));
-        }
-        let _ = writeln!(
-            s,
-            "kernel arguments added: {}",
-            n.kernel_args_added.join(" ")
-        );
-        if let Some(c) = &n.cmdline {
-            let _ = writeln!(s, "cmdline.txt: {c}");
-        }
-        if !n.config_txt_added.is_empty() {
-            let _ = writeln!(s, "config.txt gains:");
-            for l in n.config_txt_added.lines() {
-                let _ = writeln!(s, "    {l}");
-            }
-        }
-        let _ = writeln!(s, "boot partition:");
-        for f in &n.boot_files {
-            let size = match (f.secret, f.size) {
-                (_, Some(z)) => progress::size(z),
-                (_, None) => "at build".into(),
-            };
-            let _ = writeln!(
-                s,
-                "    {:<34} {:>10}  {}{}",
-                f.name,
-                size,
-                f.what,
-                if f.secret { "  [secret]" } else { "" }
-            );
-        }
-        let _ = writeln!(s, "root filesystem (written by the node agent):");
-        for f in &n.rootfs_files {
-            let _ = writeln!(
-                s,
-                "    {:<11} {} {:<10} {}{}",
-                phase_name(f.phase),
-                f.mode,
-                f.owner,
-                f.path,
-                if f.secret {
-                    format!("  {MASK}")
-                } else {
-                    String::new()
-                }
-            );
-        }
-        let _ = writeln!(
-            s,
-            "user: {} with {} SSH key(s){}",
-            n.user.name,
-            n.user.ssh_keys,
-            if n.user.keys_only {
-                ", keys only (password login disabled)"
-            } else {
-                ", password set"
-            }
-        );
-    }
-    s
 }
