@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::agent;
 use crate::bootfs::{BootEntry, BootFs};
 use crate::decompress::{self, Compression};
-use crate::partition::{self, Partition, Table};
+use crate::partition::{self, Partition, Table, TableKind};
 use crate::progress;
 use crate::rootfs;
 
@@ -26,11 +26,15 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// What `inspect --json` prints (sizes and offsets in bytes, times as Unix
+/// seconds and as UTC text). A field that changes meaning or goes away bumps
+/// `schema_version`; builder/tests/inspect_json.rs pins the shape.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    pub schema_version: u32,
     pub image: String,
     pub size: u64,
-    pub table: Table,
+    pub table: TableView,
     pub os: Option<Os>,
     pub boot: Option<Boot>,
     pub picluster: Option<Identity>,
@@ -38,10 +42,61 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct TableView {
+    /// `dos` or `gpt`.
+    pub kind: TableKind,
+    /// DOS disk identifier (`root=PARTUUID=<id>-02`), or the GPT disk GUID.
+    pub disk_id: String,
+    pub partitions: Vec<PartitionView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartitionView {
+    pub number: u32,
+    /// What it holds, in words (`FAT32 (LBA)`, `Linux`, a GPT type name).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// DOS type byte (0 on GPT).
+    pub type_id: u8,
+    pub name: Option<String>,
+    pub bootable: bool,
+    pub start: u64,
+    pub size: u64,
+}
+
+impl From<&Table> for TableView {
+    fn from(t: &Table) -> TableView {
+        TableView {
+            kind: t.kind,
+            disk_id: t.disk_id.clone(),
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| PartitionView {
+                    number: p.number,
+                    type_name: p.type_name(),
+                    type_id: p.type_id,
+                    name: p.name.clone(),
+                    bootable: p.bootable,
+                    start: p.extent.start,
+                    size: p.extent.len,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Os {
-    pub pretty_name: String,
+    /// `/etc/os-release` ID, VERSION_ID, VERSION_CODENAME and PRETTY_NAME.
+    pub id: String,
+    pub version_id: String,
     pub codename: String,
+    pub pretty_name: String,
+    /// CPU architecture of the userland (`aarch64`).
     pub arch: String,
 }
 
@@ -66,6 +121,7 @@ pub struct Identity {
     pub picluster_version: String,
     pub agent_version: Option<String>,
     pub built_at: i64,
+    pub built_at_utc: String,
     /// The secrets file is still on the card (the node has not booted yet).
     pub secrets_on_card: bool,
 }
@@ -106,8 +162,10 @@ pub fn inspect(path: &Path) -> Result<Report> {
 
     let os = root_ext.and_then(|ext| match rootfs::inspect(&file, ext) {
         Ok(r) => Some(Os {
-            pretty_name: r.pretty_name().to_string(),
+            id: r.id().to_string(),
+            version_id: r.os_release.get("VERSION_ID").cloned().unwrap_or_default(),
             codename: r.codename().to_string(),
+            pretty_name: r.pretty_name().to_string(),
             arch: r.arch.clone(),
         }),
         Err(e) => {
@@ -136,6 +194,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
                             agent_version: read(boot_files::AGENT)
                                 .and_then(|a| agent::version_of(&a)),
                             built_at: b.built_at,
+                            built_at_utc: picluster_profiles::timefmt::utc(b.built_at),
                             secrets_on_card: files.iter().any(|f| f.name == boot_files::SECRETS),
                         })
                     }
@@ -160,9 +219,10 @@ pub fn inspect(path: &Path) -> Result<Report> {
         }
     });
     Ok(Report {
+        schema_version: SCHEMA_VERSION,
         image: path.display().to_string(),
         size,
-        table,
+        table: TableView::from(&table),
         os,
         boot,
         picluster,
@@ -178,8 +238,8 @@ pub fn text(r: &Report) -> String {
         s,
         "partition table: {}, disk id {}",
         match r.table.kind {
-            crate::partition::TableKind::Dos => "DOS (MBR)",
-            crate::partition::TableKind::Gpt => "GPT",
+            TableKind::Dos => "DOS (MBR)",
+            TableKind::Gpt => "GPT",
         },
         r.table.disk_id
     );
@@ -188,10 +248,10 @@ pub fn text(r: &Report) -> String {
             s,
             "  p{}  start {:>10} B ({:>4} MiB)  size {:>10}  {}{}",
             p.number,
-            p.extent.start,
-            p.extent.start >> 20,
-            progress::size(p.extent.len),
-            p.type_name(),
+            p.start,
+            p.start >> 20,
+            progress::size(p.size),
+            p.type_name,
             if p.bootable { "  boot" } else { "" }
         );
     }
@@ -258,8 +318,7 @@ pub fn text(r: &Report) -> String {
             let _ = writeln!(
                 s,
                 "  built by     picluster {} at {}",
-                id.picluster_version,
-                picluster_profiles::timefmt::utc(id.built_at)
+                id.picluster_version, id.built_at_utc
             );
             let _ = writeln!(
                 s,
