@@ -38,12 +38,14 @@ echo "base.img: $(stat -c %s "$fixture"/base.img) bytes, $(du -B1 "$fixture"/bas
 # shellcheck source=./cluster.sh
 . "$repo/tests/bench/cluster.sh"
 bl=$repo/target/bench-baseline-$baseline_rev
-if [ ! -x "$bl/bin/picluster" ]; then
-  echo "building picluster at $baseline_rev for the per-node baseline (once)"
+if [ ! -x "$bl/bin/picluster" ] || [ ! -x "$bl/bin/picluster-node" ]; then
+  # With its own agent: a picluster embeds only an agent built from its sources.
+  echo "building picluster and its agent at $baseline_rev for the per-node baseline (once)"
   rm -rf "$bl" && mkdir -p "$bl"
   git -C "$repo" worktree add --detach "$bl/src" "$baseline_rev" >/dev/null
-  (cd "$bl/src" && CARGO_TARGET_DIR="$bl/target" cargo build -q --release -p picluster)
-  mkdir -p "$bl/bin" && cp "$bl/target/release/picluster" "$bl/bin/"
+  (cd "$bl/src" && CARGO_TARGET_DIR="$bl/target" cargo build -q --release -p picluster \
+    && CARGO_TARGET_DIR="$bl/target" cargo build -q --release -p picluster-node --target aarch64-unknown-linux-musl)
+  mkdir -p "$bl/bin" && cp "$bl/target/release/picluster" "$bl/target/aarch64-unknown-linux-musl/release/picluster-node" "$bl/bin/"
   git -C "$repo" worktree remove --force "$bl/src"
   rm -rf "$bl/target"
 fi
@@ -65,7 +67,7 @@ timed() { # name, command...: run, sync, record seconds
 # Warm the decompressed base (and the rootfs map) so that every timing below is
 # compression only. The baseline keeps its own cache: its rootfs-map format differs.
 "$picluster" -q build -c cluster/cluster.toml --base "$base" --out raw >/dev/null
-PICLUSTER_CACHE_DIR="$work/cache-before" "$before" -q build -c cluster/cluster.toml --base "$base" --out raw-before "${one[@]}" >/dev/null
+PICLUSTER_CACHE_DIR="$work/cache-before" PICLUSTER_AGENT="$bl/bin/picluster-node" "$before" -q build -c cluster/cluster.toml --base "$base" --out raw-before "${one[@]}" >/dev/null
 rm -rf raw-before
 echo "== (b) naive: xz -T0 -6 per raw node image"
 rm -rf naive && mkdir naive
@@ -88,7 +90,7 @@ for fmt in xz gz zst; do
   cmp "out-$fmt/pi-worker-3.img.$fmt" "out-$fmt-warm/pi-worker-3.img.$fmt"
   if [ "$fmt" != zst ]; then
     rm -rf "before-$fmt"
-    timed "before-$fmt-4" env PICLUSTER_CACHE_DIR="$work/cache-before" "$before" -q build -c cluster/cluster.toml --base "$base" --out "before-$fmt" --compress $fmt
+    timed "before-$fmt-4" env PICLUSTER_CACHE_DIR="$work/cache-before" PICLUSTER_AGENT="$bl/bin/picluster-node" "$before" -q build -c cluster/cluster.toml --base "$base" --out "before-$fmt" --compress $fmt
     rm -rf "before-$fmt"
   fi
   # Sizes against the whole raw image compressed at once.
