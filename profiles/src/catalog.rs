@@ -16,6 +16,11 @@ pub struct CatalogImage {
     pub description: String,
     pub url: String,
     pub sha256: String,
+    /// Size and SHA-256 of the decompressed image, where confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract_sha256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -72,8 +77,16 @@ mod tests {
         assert!(all.iter().any(|i| i.name == DEFAULT_BASE));
         for i in all {
             assert!(crate::checks::sha256_hex(&i.sha256).is_ok(), "{}", i.name);
-            assert!(i.url.starts_with("https://") && i.url.ends_with(".img.xz"));
-            assert!(i.url.contains("bookworm-arm64-lite"), "{}", i.name);
+            assert!(i.url.starts_with("https://downloads.raspberrypi.com/"));
+            assert!(
+                i.url.ends_with("-raspios-bookworm-arm64-lite.img.xz")
+                    || i.url.ends_with("-raspios-trixie-arm64-lite.img.xz"),
+                "{}",
+                i.name
+            );
+            if let Some(x) = &i.extract_sha256 {
+                assert!(crate::checks::sha256_hex(x).is_ok(), "{}", i.name);
+            }
         }
     }
 
