@@ -13,6 +13,7 @@ pub struct User {
     pub uid: u32,
     pub gid: u32,
     pub home: String,
+    pub shell: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,7 @@ impl Accounts {
                     uid,
                     gid,
                     home: f[5].to_string(),
+                    shell: f[6].to_string(),
                 });
             }
         }

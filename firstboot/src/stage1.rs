@@ -12,7 +12,7 @@ use picluster_profiles::bundle::{BOOT_MOUNT, NodeBundle, Phase, boot_files, node
 use picluster_profiles::cmdline;
 
 use crate::fsutil::{Perms, ensure_dir, read_optional, scrub, write_atomic};
-use crate::host::Host;
+use crate::host::{Cmd, Host};
 use crate::journal::{Journal, Outcome, Stage, Status, Step, run_steps};
 use crate::plan::{describe_files, installed_secrets, parse_bundle, parse_secrets, write_files};
 use crate::status;
@@ -50,12 +50,20 @@ pub fn steps<'a>() -> Vec<Step<Stage1<'a>>> {
             run: retire_rename_wizard,
         },
         Step {
+            name: "cloud-init",
+            run: disable_cloud_init,
+        },
+        Step {
             name: "units",
             run: enable_units,
         },
         Step {
             name: "agent",
             run: install_agent,
+        },
+        Step {
+            name: "first-boot",
+            run: finish_first_boot,
         },
         Step {
             name: "cmdline",
@@ -427,12 +435,41 @@ fn retire_rename_wizard(c: &mut Stage1) -> Result<String> {
     Ok(detail)
 }
 
+/// Raspberry Pi OS Trixie ships cloud-init, seeded from the boot partition
+/// (pi-gen stage2/04-cloud-init). The build put `cloud-init=disabled` on the
+/// command line, which holds for this boot; the marker file keeps cloud-init
+/// off on every later boot whatever cmdline.txt says: ds-identify checks it
+/// before any datasource, and every cloud-init unit has
+/// `ConditionPathExists=!/etc/cloud/cloud-init.disabled` (cloud-init 25.1.4,
+/// tools/ds-identify, systemd/*.tmpl). Otherwise its per-boot modules would
+/// rewrite /etc/hosts and its network config compete with the static address.
+fn disable_cloud_init(c: &mut Stage1) -> Result<String> {
+    let host = c.host;
+    if !host.path("/etc/cloud").is_dir() {
+        return Ok("no cloud-init on this system".into());
+    }
+    let marker = host.path(CLOUD_INIT_DISABLED);
+    if marker.exists() {
+        return Ok(format!("cloud-init already off ({CLOUD_INIT_DISABLED})"));
+    }
+    write_atomic(&marker, b"", Some(Perms::root(0o644)))?;
+    Ok(format!(
+        "cloud-init turned off for good ({CLOUD_INIT_DISABLED})"
+    ))
+}
+
+const CLOUD_INIT_DISABLED: &str = "/etc/cloud/cloud-init.disabled";
+
 /// sshd and stage 2 are fatal (without them the node is unreachable or never
 /// joins); the wait for time sync is not (stage 2 bounds its own wait).
 fn enable_units(c: &mut Stage1) -> Result<String> {
     let host = c.host;
+    let keys = ensure_host_keys(host)?;
     host.run(host.systemctl_files(&["enable", "ssh.service", node_paths::AGENT_UNIT]))?;
     let mut detail = format!("enabled ssh.service, {}", node_paths::AGENT_UNIT);
+    if let Some(k) = keys {
+        detail = format!("{k}; {detail}");
+    }
     match host.run(host.systemctl_files(&["enable", "systemd-time-wait-sync.service"])) {
         Ok(_) => detail.push_str(", systemd-time-wait-sync.service"),
         Err(e) => {
@@ -445,6 +482,79 @@ fn enable_units(c: &mut Stage1) -> Result<String> {
         }
     }
     Ok(detail)
+}
+
+/// sshd will not start without host keys. Bookworm's `firstboot` makes them
+/// before stage 1 runs. Trixie images ship none (pi-gen deletes them) and
+/// leave them to Debian's `sshd-keygen.service` (`ConditionFirstBoot=yes`,
+/// `WantedBy=ssh.service`: openssh 1:10.0p1 packaging; pi-gen commit
+/// e2893c11 stopped enabling raspberrypi-sys-mods' regenerate_ssh_host_keys),
+/// which does not run in this boot (it ends at kernel-command-line.target)
+/// and, the machine id being committed now, not in the next either.
+/// `ssh-keygen -A` creates only the key types that are missing.
+fn ensure_host_keys(host: &Host) -> Result<Option<String>> {
+    let has_key = std::fs::read_dir(host.path("/etc/ssh")).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("ssh_host_") && n.ends_with("_key")
+        })
+    });
+    if has_key {
+        return Ok(None);
+    }
+    let mut keygen = Cmd::new("ssh-keygen").arg("-A");
+    if !host.live_root() {
+        keygen = keygen.arg("-f").arg(host.root.display().to_string());
+    }
+    host.run(keygen)?;
+    Ok(Some("SSH host keys generated (ssh-keygen -A)".into()))
+}
+
+/// Raspberry Pi OS Trixie finishes its first boot from units, not from an
+/// `init=` script: `rpi-resize.service` (raspberrypi-sys-mods,
+/// `WantedBy=sysinit.target`, `ConditionFirstBoot=yes`) pulls in
+/// `systemd-growfs-root.service`, which runs beside stage 1 and would be cut
+/// short by its reboot; and `systemd-machine-id-commit.service` (in
+/// sysinit.target.wants, systemd units/meson.build v256) races it too, so
+/// whether the next boot counts as a first one would be luck. Stage 1 waits
+/// for the grow and commits the machine id itself. Not fatal: a root not yet
+/// grown still boots, and the log says what happened.
+fn finish_first_boot(c: &mut Stage1) -> Result<String> {
+    let host = c.host;
+    let unit = "rpi-resize.service";
+    let shipped = ["/lib/systemd/system", "/usr/lib/systemd/system"]
+        .iter()
+        .any(|d| host.path(&format!("{d}/{unit}")).exists());
+    if !shipped {
+        return Ok(format!(
+            "no {unit}: the base's own first boot finished before stage 1"
+        ));
+    }
+    let mut done = Vec::new();
+    let mut found = Vec::new();
+    for (what, cmd) in [
+        (
+            "root filesystem grown (systemd-growfs-root.service)",
+            host.systemctl_live(&["start", "systemd-growfs-root.service"]),
+        ),
+        (
+            "machine id committed",
+            Cmd::live("systemd-machine-id-setup").arg("--commit"),
+        ),
+    ] {
+        match host.run(cmd) {
+            Ok(_) => done.push(what.to_string()),
+            Err(e) => found.push(format!(
+                "{what}: failed ({})",
+                crate::status::first_line(&format!("{e:#}"), 160)
+            )),
+        }
+    }
+    if !found.is_empty() {
+        host.log
+            .warn(&format!("first-boot: continuing; {}", found.join("; ")));
+    }
+    Ok(done.into_iter().chain(found).collect::<Vec<_>>().join("; "))
 }
 
 fn install_agent(c: &mut Stage1) -> Result<String> {

@@ -83,3 +83,29 @@ pub fn pios_root(root: &Path) {
         0o444,
     );
 }
+
+/// Turn a [`pios_root`] into Raspberry Pi OS Trixie Lite as pi-gen builds it
+/// since the 2026-04-13 image (tag 2026-06-18-raspios-trixie-arm64): cloud-init
+/// installed, the first user with a nologin shell (stage1/01-sys-tweaks,
+/// commit 4b9cd15c), no `010_pi-nopasswd` (gone from raspberrypi-sys-mods,
+/// pi-gen commit c020178c), and the root grown by `rpi-resize.service`.
+pub fn trixie_root(root: &Path) {
+    write(
+        &root.join("etc/passwd"),
+        b"root:x:0:0:root:/root:/bin/bash\n\
+          daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+          pi:x:1000:1000:,,,:/home/pi:/usr/sbin/nologin\n",
+        0o644,
+    );
+    std::fs::remove_file(root.join("etc/sudoers.d/010_pi-nopasswd")).expect("rm sudoers file");
+    write(
+        &root.join("etc/cloud/cloud.cfg"),
+        b"# cloud-init's main configuration (stand-in)\n",
+        0o644,
+    );
+    write(
+        &root.join("usr/lib/systemd/system/rpi-resize.service"),
+        b"[Unit]\nDescription=Grow and trim root filesystem on first boot\nConditionFirstBoot=yes\n",
+        0o644,
+    );
+}

@@ -94,6 +94,14 @@ pub fn configure(host: &Host, plan: &UserPlan, password_hash: Option<&str>) -> R
         remember(&base.to_string_lossy());
     }
 
+    // Raspberry Pi OS Trixie images since 2026-04-13 give the first user a
+    // nologin shell when no password was set at build time (pi-gen commit
+    // 4b9cd15c, stage1/01-sys-tweaks/00-run.sh): the administrator logs in.
+    if !login_shell(&account.shell) {
+        host.run(host.shadow_tool("usermod").args(["-s", LOGIN_SHELL, name]))?;
+        done.push(format!("shell {} -> {LOGIN_SHELL}", account.shell));
+    }
+
     let home = format!("/home/{name}");
     if account.home != home {
         host.run(host.shadow_tool("usermod").args(["-m", "-d", &home, name]))?;
@@ -184,11 +192,19 @@ pub fn configure(host: &Host, plan: &UserPlan, password_hash: Option<&str>) -> R
     Ok(done.join("; "))
 }
 
+const LOGIN_SHELL: &str = "/bin/bash";
+
+/// Shells that refuse a login (`nologin`, `false`) or none at all.
+fn login_shell(shell: &str) -> bool {
+    let base = shell.rsplit('/').next().unwrap_or("");
+    !shell.is_empty() && base != "nologin" && base != "false"
+}
+
 fn create(host: &Host, plan: &UserPlan) -> Result<()> {
     let accounts = Accounts::load(&host.root)?;
     let mut c = host
         .shadow_tool("useradd")
-        .args(["-m", "-U", "-s", "/bin/bash"]);
+        .args(["-m", "-U", "-s", LOGIN_SHELL]);
     if accounts.user_by_uid(plan.uid).is_none() {
         c = c.args(["-u".to_string(), plan.uid.to_string()]);
     }

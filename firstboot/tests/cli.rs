@@ -87,6 +87,7 @@ fn stage1_dry_run(agent: &[&str], agent_file: &Path) {
             "systemctl --root=ROOT disable userconfig.service",
             "systemctl --root=ROOT mask userconfig.service",
             "systemctl --root=ROOT enable getty@tty1.service",
+            "ssh-keygen -A -f ROOT",
             "systemctl --root=ROOT enable ssh.service picluster-node.service",
             "systemctl --root=ROOT enable systemd-time-wait-sync.service",
         ]
@@ -133,7 +134,10 @@ fn stage1_dry_run(agent: &[&str], agent_file: &Path) {
         .unwrap();
     let j: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(j["node"], "pi-worker-2");
-    assert_eq!(j["steps"].as_array().unwrap().len(), 8 + 11);
+    assert_eq!(
+        j["steps"].as_array().unwrap().len(),
+        picluster_node::stage1::steps().len() + picluster_node::stage2::steps().len()
+    );
     assert!(
         j["steps"]
             .as_array()

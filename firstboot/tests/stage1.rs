@@ -126,8 +126,10 @@ fn stage1_writes_every_file_with_exact_content_mode_and_owner() {
             "files",
             "user",
             "rename-wizard",
+            "cloud-init",
             "units",
             "agent",
+            "first-boot",
             "cmdline"
         ]
     );
@@ -327,11 +329,22 @@ fn default_user_keeps_its_account_and_is_locked_when_keys_only() {
             format!("systemctl --root={r} disable userconfig.service"),
             format!("systemctl --root={r} mask userconfig.service"),
             format!("systemctl --root={r} enable getty@tty1.service"),
+            format!("ssh-keygen -A -f {r}"),
             format!("systemctl --root={r} enable ssh.service picluster-node.service"),
             format!("systemctl --root={r} enable systemd-time-wait-sync.service"),
         ]
     );
     assert!(f.recorder.calls().iter().all(|c| !c.live));
+    // Host keys already there (Bookworm's firstboot made them): none made.
+    let g = Fixture::new(SAMPLE_CLUSTER, "pi-master");
+    picluster_node::testing::write(&g.path("/etc/ssh/ssh_host_ed25519_key"), b"k", 0o600);
+    run(&g);
+    assert!(
+        !g.recorder
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("ssh-keygen"))
+    );
 }
 
 #[test]
@@ -387,6 +400,59 @@ fn renamed_user_with_password_gets_it_through_stdin_only() {
     assert!(!f.boot.join(boot_files::USERCONF).exists());
     let detail = stage1_detail(&f, "rename-wizard");
     assert!(detail.contains("userconf.txt scrubbed"), "{detail}");
+}
+
+#[test]
+fn on_trixie_cloud_init_is_turned_off_and_the_first_user_gets_a_login_shell() {
+    let f = Fixture::new(SAMPLE_CLUSTER, "pi-worker-1");
+    picluster_node::testing::trixie_root(&f.root);
+    run(&f);
+    let r = f.root.display().to_string();
+    let lines = f.recorder.lines();
+    assert_eq!(
+        lines[..2],
+        [
+            format!("usermod --prefix {r} -s /bin/bash pi"),
+            format!("usermod --prefix {r} -a -G {GROUPS} pi"),
+        ],
+        "{lines:#?}"
+    );
+    // Kept off on every later boot: the file cloud-init's ds-identify and
+    // units check (cloud-init 25.1.4 tools/ds-identify, systemd/*.tmpl).
+    assert_eq!(f.meta("/etc/cloud/cloud-init.disabled"), (0o644, 0, 0));
+    let detail = stage1_detail(&f, "cloud-init");
+    assert!(detail.contains("turned off for good"), "{detail}");
+    // Trixie has no 010_pi-nopasswd: picluster's own rule lets a keys-only
+    // administrator use sudo, as on Bookworm.
+    assert!(!f.path("/etc/sudoers.d/010_pi-nopasswd").exists());
+    assert!(
+        f.read("/etc/sudoers.d/010_picluster-nopasswd")
+            .contains("pi ALL=(ALL) NOPASSWD: ALL")
+    );
+    // The grow and the machine id, finished on the running system before
+    // the reboot (live commands: recorded here, refused outside `/`).
+    let live: Vec<String> = f
+        .recorder
+        .calls()
+        .iter()
+        .filter(|c| c.live)
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(
+        live,
+        [
+            "systemctl start systemd-growfs-root.service",
+            "systemd-machine-id-setup --commit"
+        ]
+    );
+    assert!(lines.iter().any(|l| l == &format!("ssh-keygen -A -f {r}")));
+    // Bookworm has no cloud-init: nothing is written there.
+    let g = Fixture::new(SAMPLE_CLUSTER, "pi-worker-1");
+    run(&g);
+    assert!(!g.path("/etc/cloud").exists());
+    assert!(stage1_detail(&g, "cloud-init").contains("no cloud-init on this system"));
+    assert!(stage1_detail(&g, "first-boot").contains("no rpi-resize.service"));
+    assert!(!g.recorder.lines().iter().any(|l| l.contains(" -s ")));
 }
 
 /// Real shadow tools for accounts, a recorder for systemctl.
