@@ -10,7 +10,10 @@ use crate::cmd;
     name = "picluster",
     version = crate::agent::EXPECTED_AGENT,
     about,
-    propagate_version = true
+    propagate_version = true,
+    after_help = "Exit status: 0 done, 1 failed (the message says why), 2 usage error, \
+                  130 stopped by Ctrl-C (what was kept for the next run is said); \
+                  `picluster flash --help` lists flash's own codes."
 )]
 pub struct Cli {
     /// Print only results and errors (no progress).
@@ -28,6 +31,8 @@ pub enum Command {
     Secrets(cmd::init::SecretsArgs),
     /// Validate the cluster file and show what every node's image will contain.
     Plan(cmd::plan::PlanArgs),
+    /// List the pinned base images; with --refresh, the newer ones Raspberry Pi offers.
+    Images(cmd::images::ImagesArgs),
     /// Download and verify the base image and K3s release into the cache.
     Fetch(cmd::fetch::FetchArgs),
     /// Write one bootable image per node.
@@ -63,6 +68,7 @@ pub fn wants_json(command: &Command) -> bool {
     match command {
         Command::Plan(a) => a.json,
         Command::Inspect(a) => a.json,
+        Command::Images(a) => a.json,
         Command::Status(a) => a.json,
         _ => false,
     }
@@ -105,6 +111,7 @@ fn dispatch(command: &Command) -> anyhow::Result<()> {
         Command::Init(a) => cmd::init::init(a),
         Command::Secrets(a) => cmd::init::secrets(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::Images(a) => cmd::images::run(a),
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Build(a) => cmd::build::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),

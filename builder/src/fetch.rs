@@ -164,6 +164,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
     }
 }
 
+/// The most [`Fetcher::text`] reads.
+pub const TEXT_LIMIT: u64 = 16 << 20;
+
 /// How many times a cut or failing download is resumed before giving up.
 const ATTEMPTS: u32 = 6;
 
@@ -197,16 +200,41 @@ impl Fetcher {
         &self.cache
     }
 
-    /// A small text file (checksums, sums lists).
+    /// A small text file (checksums, sums lists, image lists), at most
+    /// [`TEXT_LIMIT`] bytes: a larger answer is refused, not read into memory.
     pub fn text(&self, loc: &Location) -> Result<String, FetchError> {
+        let too_big = |url: String| FetchError::Network {
+            url,
+            message: format!(
+                "the answer is larger than {}, which no checksum or image list is",
+                progress::size(TEXT_LIMIT)
+            ),
+        };
+        let mut bytes = Vec::new();
         match loc {
-            Location::Local(p) => fs::read_to_string(p).map_err(io_err(p)),
+            Location::Local(p) => {
+                File::open(p)
+                    .and_then(|f| f.take(TEXT_LIMIT + 1).read_to_end(&mut bytes))
+                    .map_err(io_err(p))?;
+            }
             Location::Http(url) => {
                 let resp = self.get(url, None)?;
                 let resp = check_status(url, resp)?;
-                resp.text().map_err(|e| net(url, e))
+                resp.take(TEXT_LIMIT + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| FetchError::Network {
+                        url: url.clone(),
+                        message: e.to_string(),
+                    })?;
             }
         }
+        if bytes.len() as u64 > TEXT_LIMIT {
+            return Err(too_big(loc.to_string()));
+        }
+        String::from_utf8(bytes).map_err(|_| FetchError::Network {
+            url: loc.to_string(),
+            message: "the answer is not UTF-8 text".into(),
+        })
     }
 
     /// The digest a location must have, resolving [`Expect::Sibling`].

@@ -21,6 +21,7 @@ pub mod k3s;
 pub mod kubeconfig;
 pub mod nodemap;
 pub mod obtain;
+pub mod oslist;
 pub mod partition;
 pub mod pki;
 pub mod progress;

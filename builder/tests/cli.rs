@@ -363,6 +363,25 @@ fn flash_usage_errors_exit_2() {
 }
 
 #[test]
+fn help_documents_the_exit_status() {
+    let d = tempfile::tempdir().unwrap();
+    let help = run(picluster(&d.path().join("cache")).arg("--help"));
+    for code in [
+        "0 done",
+        "1 failed",
+        "2 usage error",
+        "130 stopped by Ctrl-C",
+    ] {
+        assert!(help.contains(code), "{code:?} missing:\n{help}");
+    }
+    let out = picluster(&d.path().join("cache"))
+        .arg("no-such-command")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn a_cause_is_said_once() {
     // thiserror messages that embed `{source}` were printed again as the cause.
     let d = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod fetch;
 pub mod flash;
+pub mod images;
 pub mod init;
 pub mod inspect;
 pub mod kubeconfig;
