@@ -1,5 +1,5 @@
 //! Opening a base image and checking it is what picluster can build on:
-//! Raspberry Pi OS Bookworm arm64 (DOS table, FAT32 p1, ext4 p2).
+//! Raspberry Pi OS Bookworm or Trixie for arm64 (DOS table, FAT32 p1, ext4 p2).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::bootfs::{BootEntry, BootFs, BootFsError};
 use crate::partition::{self, Extent, Table, TableError, TableKind};
+use crate::release::{self, FirstBoot};
 use crate::rootfs::{self, RootfsError, RootfsInfo};
 
 /// A base image and what it contains.
@@ -51,12 +52,7 @@ pub enum BaseError {
         source: BootFsError,
     },
     #[error(
-        "{}: this is Raspberry Pi OS \"trixie\" ({pretty}); trixie configures first boot through cloud-init, which picluster does not support yet. Use a bookworm image: [image] base = \"raspios-bookworm-arm64-lite\"",
-        path.display()
-    )]
-    Trixie { path: PathBuf, pretty: String },
-    #[error(
-        "{}: the root filesystem is {pretty}, not Debian bookworm; use [image] base = \"raspios-bookworm-arm64-lite\"",
+        "{}: the root filesystem is {pretty}, not Debian bookworm or trixie; use [image] base = \"raspios-bookworm-arm64-lite\" (or \"raspios-trixie-arm64-lite\"; `picluster images` lists them)",
         path.display()
     )]
     Release { path: PathBuf, pretty: String },
@@ -159,14 +155,31 @@ pub fn inspect_file(file: &File, path: &Path) -> Result<BaseImage, BaseError> {
 }
 
 impl BaseImage {
-    /// Refuse anything but Raspberry Pi OS Bookworm for arm64.
+    /// How the base boots first ([`FirstBoot::SysMods`] or [`FirstBoot::CloudInit`]).
+    pub fn first_boot(&self) -> FirstBoot {
+        release::first_boot(
+            self.rootfs.codename(),
+            self.rootfs.cloud_init,
+            &self.cmdline,
+        )
+    }
+
+    /// cloud-init seed files on the boot partition.
+    pub fn seed_files(&self) -> Vec<String> {
+        release::seed_files(
+            self.boot_files
+                .iter()
+                .filter(|f| !f.is_dir)
+                .map(|f| f.name.as_str()),
+        )
+    }
+
+    /// Refuse anything but Raspberry Pi OS Bookworm or Trixie for arm64.
     pub fn validate(&self) -> Result<(), BaseError> {
         let path = self.path.clone();
         let pretty = self.rootfs.pretty_name().to_string();
-        match self.rootfs.codename() {
-            "bookworm" => {}
-            "trixie" => return Err(BaseError::Trixie { path, pretty }),
-            _ => return Err(BaseError::Release { path, pretty }),
+        if !matches!(self.rootfs.codename(), "bookworm" | "trixie") {
+            return Err(BaseError::Release { path, pretty });
         }
         if self.rootfs.arch != "arm64" {
             return Err(BaseError::Arch {

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use picluster_profiles::bundle::boot_files;
 use picluster_profiles::{Cluster, Media, Node, NodeBundle, NodeSecrets, cmdline, render};
 
+use crate::base::BaseImage;
 use crate::bootfs::{BootFs, BootFsError};
 use crate::partition::Extent;
+use crate::release::{self, FirstBoot};
 
 /// Where a boot file's bytes come from.
 #[derive(Debug, Clone)]
@@ -53,9 +55,30 @@ impl BootFile {
     }
 }
 
-/// The base's cmdline.txt with picluster's arguments appended.
-pub fn patched_cmdline(base: &str, cluster: &Cluster) -> String {
-    cmdline::append(base, &render::added_kernel_args(cluster))
+/// What picluster adds to a base's cmdline.txt: `cloud-init=disabled` first
+/// when the base's first boot is cloud-init's (so stage 1 is the only writer
+/// of the identity), then the cluster's arguments.
+pub fn added_kernel_args(cluster: &Cluster, first_boot: Option<FirstBoot>) -> Vec<String> {
+    let mut add = Vec::new();
+    if first_boot == Some(FirstBoot::CloudInit) {
+        add.push(release::CLOUD_INIT_OFF.to_string());
+    }
+    add.extend(render::added_kernel_args(cluster));
+    add
+}
+
+/// The base's cmdline.txt with [`added_kernel_args`] appended; a cloud-init
+/// base also loses the `ds=nocloud…` Imager adds.
+pub fn patched_cmdline(base: &str, cluster: &Cluster, first_boot: Option<FirstBoot>) -> String {
+    let mut line = base.to_string();
+    if first_boot == Some(FirstBoot::CloudInit) {
+        let imager: Vec<String> = cmdline::tokens(base)
+            .into_iter()
+            .filter(|t| t.starts_with(release::IMAGER_DATASOURCE))
+            .collect();
+        line = cmdline::remove(&line, &imager);
+    }
+    cmdline::append(&line, &added_kernel_args(cluster, first_boot))
 }
 
 const CONFIG_MARK: &str = "# --- picluster";
@@ -103,26 +126,26 @@ pub struct Payload {
 /// Every file picluster writes to the node's boot partition, in writing order
 /// (fixed, so images are reproducible).
 pub fn boot_files(
-    base_cmdline: &str,
-    base_config: &str,
+    base: Option<&BaseImage>,
     cluster: &Cluster,
     node: &Node,
     bundle: &NodeBundle,
     secrets: &NodeSecrets,
     payload: &Payload,
 ) -> Vec<BootFile> {
+    let first_boot = base.map(BaseImage::first_boot);
     let mut files = vec![
         BootFile::bytes(
             boot_files::CMDLINE,
             "kernel command line (cgroups, stage 1)",
             false,
-            patched_cmdline(base_cmdline, cluster).into_bytes(),
+            patched_cmdline(base.map_or("", |b| &b.cmdline), cluster, first_boot).into_bytes(),
         ),
         BootFile::bytes(
             boot_files::CONFIG,
             "firmware settings",
             false,
-            patched_config_txt(base_config, cluster, node).into_bytes(),
+            patched_config_txt(base.map_or("", |b| &b.config_txt), cluster, node).into_bytes(),
         ),
         BootFile::bytes(
             boot_files::SSH,
@@ -131,6 +154,20 @@ pub fn boot_files(
             Vec::new(),
         ),
     ];
+    // The base's cloud-init seed, overwritten in place (same names, so
+    // nothing else on the partition moves).
+    if first_boot == Some(FirstBoot::CloudInit) {
+        for name in base.map(BaseImage::seed_files).unwrap_or_default() {
+            if let Some(text) = release::inert_seed(&name, &node.name) {
+                files.push(BootFile::bytes(
+                    &name,
+                    "cloud-init seed, made inert (cloud-init is off)",
+                    false,
+                    text.into_bytes(),
+                ));
+            }
+        }
+    }
     if let Some(hash) = &cluster.access.password_hash {
         files.push(BootFile::bytes(
             boot_files::USERCONF,
@@ -241,11 +278,36 @@ mod tests {
     fn cmdline_keeps_every_token_and_never_says_firstboot_in_what_it_adds() {
         let c = cluster();
         let base = "console=serial0,115200 console=tty1 root=PARTUUID=6c586e13-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n";
-        let out = patched_cmdline(base, &c);
+        let out = patched_cmdline(base, &c, Some(FirstBoot::SysMods));
         assert!(out.starts_with(base.trim_end()));
         assert_eq!(out.lines().count(), 1);
         let added = &out[base.trim_end().len()..];
         assert!(!added.contains("firstboot"), "{added}");
         assert!(added.contains(" cgroup_enable=memory systemd.run="));
+    }
+
+    #[test]
+    fn a_cloud_init_base_gets_it_turned_off_and_keeps_its_resize() {
+        let c = cluster();
+        // pi-gen trixie stage1/00-boot-files/files/cmdline.txt, plus what
+        // Imager 2.x appends (rpi-imager src/downloadthread.cpp).
+        let base = "console=serial0,115200 console=tty1 root=PARTUUID=6c586e13-02 rootfstype=ext4 fsck.repair=yes rootwait resize ds=nocloud;i=rpi-imager-1764000000000\n";
+        let out = patched_cmdline(base, &c, Some(FirstBoot::CloudInit));
+        let toks = cmdline::tokens(&out);
+        assert!(toks.iter().any(|t| t == "resize"), "{out}");
+        assert!(toks.iter().any(|t| t == "cloud-init=disabled"), "{out}");
+        assert!(!out.contains("ds=nocloud"), "{out}");
+        assert!(
+            !out.contains("init=/usr/lib/raspberrypi-sys-mods/firstboot"),
+            "{out}"
+        );
+        // Building again from such an image changes nothing.
+        assert_eq!(
+            patched_cmdline(&out, &c, Some(FirstBoot::CloudInitOff)),
+            out
+        );
+        // Bookworm bases are left as they were.
+        let plain = patched_cmdline(base, &c, Some(FirstBoot::SysMods));
+        assert!(!plain.contains("cloud-init=disabled") && plain.contains("ds=nocloud"));
     }
 }

@@ -26,6 +26,7 @@ pub mod partition;
 pub mod pki;
 pub mod progress;
 pub mod region;
+pub mod release;
 pub mod rootfs;
 pub mod status;
 pub mod usedblocks;

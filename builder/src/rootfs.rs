@@ -24,6 +24,9 @@ pub struct RootfsInfo {
     /// adduser's LAST_SYSTEM_UID 999), from `/etc/passwd` and `/etc/group`:
     /// the administrator must not take one over.
     pub system_names: Vec<(String, u32)>,
+    /// cloud-init is installed (`/etc/cloud/cloud.cfg`, the file the Debian
+    /// package ships).
+    pub cloud_init: bool,
 }
 
 impl RootfsInfo {
@@ -94,12 +97,17 @@ pub fn inspect(file: &File, extent: Extent) -> Result<RootfsInfo, RootfsError> {
             }
         }
     }
+    let cloud_init = resolve(&fs, "/etc/cloud/cloud.cfg")
+        .ok()
+        .and_then(|p| fs.exists(p.as_str()).ok())
+        .unwrap_or(false);
     Ok(RootfsInfo {
         os_release,
         arch,
         arch_probe,
         label: fs.label().to_str().unwrap_or_default().to_string(),
         system_names,
+        cloud_init,
     })
 }
 

@@ -24,23 +24,9 @@ fn the_agent_accepts_what_build_wrote() {
     let root = d.join("root");
     picluster_node::testing::pios_root(&root);
     let boot = root.join("boot/firmware");
-    std::fs::create_dir_all(&boot).unwrap();
     let p1 = d.join("p1");
     extract(&img, 8 << 20, 512 << 20, &p1);
-    for f in [
-        "cmdline.txt",
-        "picluster-node",
-        "picluster-node.json",
-        "picluster-secrets.json",
-        "k3s-arm64",
-    ] {
-        run(Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .arg("-i")
-            .arg(&p1)
-            .arg(format!("::/{f}"))
-            .arg(boot.join(f)));
-    }
+    copy_from_fat(&p1, AGENT_BOOT_FILES, &boot);
     let agent = boot.join("picluster-node");
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
     let secrets_on_card = std::fs::read(boot.join("picluster-secrets.json")).unwrap();

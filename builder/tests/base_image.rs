@@ -29,14 +29,34 @@ fn bookworm_arm64_images_pass_in_both_layouts() {
     }
 }
 
+/// Trixie is accepted, and seen for what its first boot is: cloud-init,
+/// seeded from the boot partition (pi-gen stage2/04-cloud-init), the root
+/// grown by the initramfs (`resize`, no init=firstboot).
 #[test]
-fn trixie_is_refused_with_a_pointer_to_bookworm() {
+fn trixie_is_accepted_and_its_first_boot_is_cloud_init() {
     let img = fixture(&["--release", "trixie"]);
+    let b = base::inspect(&img).unwrap();
+    b.validate().unwrap();
+    assert_eq!(b.rootfs.codename(), "trixie");
+    assert!(b.rootfs.cloud_init);
+    assert_eq!(b.first_boot(), picluster::release::FirstBoot::CloudInit);
+    assert_eq!(b.seed_files(), ["meta-data", "network-config", "user-data"]);
+    let bookworm = base::inspect(&fixture(&[])).unwrap();
+    assert!(!bookworm.rootfs.cloud_init && bookworm.seed_files().is_empty());
+    assert_eq!(
+        bookworm.first_boot(),
+        picluster::release::FirstBoot::SysMods
+    );
+}
+
+#[test]
+fn an_unknown_release_is_refused_with_the_known_ones() {
+    let img = fixture(&["--release", "sid"]);
     let err = base::inspect(&img).unwrap().validate().unwrap_err();
-    assert!(matches!(err, BaseError::Trixie { .. }));
+    assert!(matches!(err, BaseError::Release { .. }));
     let msg = err.to_string();
     assert!(
-        msg.contains("trixie") && msg.contains("raspios-bookworm-arm64-lite"),
+        msg.contains("not Debian bookworm or trixie") && msg.contains("raspios-trixie-arm64-lite"),
         "{msg}"
     );
 }

@@ -69,6 +69,9 @@ agent.version: string
 api_server: string
 base: object
 base.cached: bool
+base.codename: string
+base.first_boot: string
+base.first_boot_known: bool
 base.location: string
 base.sha256: string
 budget: object
@@ -144,6 +147,7 @@ schema_version: int
 
 const INSPECT_SHAPE: &str = "\
 boot: object
+boot.cloud_init_seed: array
 boot.cmdline: string
 boot.files: array
 boot.files[]: object
@@ -152,9 +156,11 @@ boot.files[].name: string
 boot.files[].size: int
 boot.free: int
 boot.label: string
+first_boot: string
 image: string
 os: object
 os.arch: string
+os.cloud_init: bool
 os.codename: string
 os.id: string
 os.pretty_name: string
@@ -287,6 +293,8 @@ fn plan_and_inspect_json_keep_their_shape_and_numbers() {
     assert_eq!(r["table"]["partitions"][1]["type"], "Linux");
     assert_eq!(r["os"]["codename"], "bookworm");
     assert_eq!(r["os"]["id"], "debian");
+    assert_eq!(r["first_boot"], "sys_mods");
+    assert_eq!(p["base"]["first_boot"], "sys_mods");
     assert_eq!(r["picluster"]["node"], "pi-worker-1");
     assert_eq!(r["size"], std::fs::metadata(&img).unwrap().len());
     // sfdisk agrees on where the root partition starts.

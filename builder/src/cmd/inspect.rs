@@ -15,6 +15,7 @@ use crate::bootfs::{BootEntry, BootFs};
 use crate::decompress::{self, Compression};
 use crate::partition::{self, Partition, Table, TableKind};
 use crate::progress;
+use crate::release::{self, FirstBoot};
 use crate::rootfs;
 
 #[derive(Debug, clap::Args)]
@@ -38,6 +39,8 @@ pub struct Report {
     pub os: Option<Os>,
     pub boot: Option<Boot>,
     pub picluster: Option<Identity>,
+    /// How the image boots first (needs both partitions readable).
+    pub first_boot: Option<FirstBoot>,
     /// Parts that could not be read, with why.
     pub problems: Vec<String>,
 }
@@ -98,6 +101,8 @@ pub struct Os {
     pub pretty_name: String,
     /// CPU architecture of the userland (`aarch64`).
     pub arch: String,
+    /// cloud-init is installed.
+    pub cloud_init: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +111,8 @@ pub struct Boot {
     pub free: u64,
     pub files: Vec<BootEntry>,
     pub cmdline: Option<String>,
+    /// cloud-init seed files at its root.
+    pub cloud_init_seed: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -167,6 +174,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
             codename: r.codename().to_string(),
             pretty_name: r.pretty_name().to_string(),
             arch: r.arch.clone(),
+            cloud_init: r.cloud_init,
         }),
         Err(e) => {
             problems.push(format!("root partition: {e}"));
@@ -210,6 +218,9 @@ pub fn inspect(path: &Path) -> Result<Report> {
                 free: fs.free_bytes().unwrap_or(0),
                 cmdline: read(boot_files::CMDLINE)
                     .map(|c| String::from_utf8_lossy(&c).trim_end().to_string()),
+                cloud_init_seed: release::seed_files(
+                    files.iter().filter(|f| !f.is_dir).map(|f| f.name.as_str()),
+                ),
                 files,
             })
         }
@@ -217,6 +228,13 @@ pub fn inspect(path: &Path) -> Result<Report> {
             problems.push(format!("boot partition: {e}"));
             None
         }
+    });
+    let first_boot = os.as_ref().zip(boot.as_ref()).map(|(o, b)| {
+        release::first_boot(
+            &o.codename,
+            o.cloud_init,
+            b.cmdline.as_deref().unwrap_or(""),
+        )
     });
     Ok(Report {
         schema_version: SCHEMA_VERSION,
@@ -226,6 +244,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
         os,
         boot,
         picluster,
+        first_boot,
         problems,
     })
 }
@@ -263,6 +282,9 @@ pub fn text(r: &Report) -> String {
             format!("{} ({})", os.pretty_name, os.codename)
         };
         let _ = writeln!(s, "root filesystem: {name}, userland {}", os.arch);
+    }
+    if let Some(fb) = r.first_boot {
+        let _ = writeln!(s, "first boot: {}", fb.describe());
     }
     if let Some(b) = &r.boot {
         let _ = writeln!(

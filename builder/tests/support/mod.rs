@@ -205,6 +205,38 @@ pub fn picluster(cache: &Path) -> Command {
     c
 }
 
+/// A file at the root of a FAT partition image, read with mtools.
+pub fn mtype(part: &Path, name: &str) -> String {
+    run(Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(part)
+        .arg(format!("::/{name}")))
+}
+
+/// Copy `names` from the root of a FAT partition image into `dir` (the boot
+/// partition as a node mounts it), with mtools.
+pub fn copy_from_fat(part: &Path, names: &[&str], dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in names {
+        run(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(part)
+            .arg(format!("::/{f}"))
+            .arg(dir.join(f)));
+    }
+}
+
+/// The boot files the node agent reads in stage 1 and stage 2.
+pub const AGENT_BOOT_FILES: &[&str] = &[
+    "cmdline.txt",
+    "picluster-node",
+    "picluster-node.json",
+    "picluster-secrets.json",
+    "k3s-arm64",
+];
+
 /// Run a command expected to fail; return its stderr.
 pub fn fails(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

@@ -285,8 +285,7 @@ impl Prepared {
         let (bundle, node_secrets) =
             render::render_node(&self.cluster, &self.secrets, node, &self.render)?;
         let files = bootfiles::boot_files(
-            &self.base.cmdline,
-            &self.base.config_txt,
+            Some(&self.base),
             &self.cluster,
             node,
             &bundle,

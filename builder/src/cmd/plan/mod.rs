@@ -21,6 +21,8 @@ use crate::cache::Cache;
 use crate::cmd::build::{Inputs, build_epoch, load_inputs, select_nodes};
 use crate::fetch::Expect;
 use crate::obtain::BaseRequest;
+use crate::oslist;
+use crate::release::{self, FirstBoot};
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -71,6 +73,12 @@ pub struct PlannedBase {
     pub sha256: Option<String>,
     /// Already decompressed in the cache (no download at build time).
     pub cached: bool,
+    /// Its Debian release and how it boots first: read from the image once it
+    /// is in the cache (`first_boot_known`), else taken from the file name
+    /// (`…-raspios-<codename>-arm64-lite.img.xz`) and checked at build time.
+    pub codename: Option<String>,
+    pub first_boot: Option<FirstBoot>,
+    pub first_boot_known: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -218,6 +226,16 @@ pub fn make_plan(cluster: &Cluster, secrets: &Secrets, only: &[String]) -> Resul
     }
     let agent = agent::locate(None);
     let planned_agent = planned_agent(&agent);
+    let codename = match &cached {
+        Some(b) => Some(b.rootfs.codename().to_string()),
+        None => oslist::lite_arm64(&request.location.file_name()).map(|(_, c)| c),
+    };
+    let first_boot = match &cached {
+        Some(b) => Some(b.first_boot()),
+        None => codename
+            .as_deref()
+            .map(|c| release::first_boot(c, false, "")),
+    };
     let pending = |what: &str| BootAsset {
         file: what.to_string(),
         sha256: "(checked at build time)".into(),
@@ -252,7 +270,16 @@ pub fn make_plan(cluster: &Cluster, secrets: &Secrets, only: &[String]) -> Resul
     };
     let node_plans = nodes
         .iter()
-        .map(|n| node_plan(cluster, secrets, n, &inputs, &payload, cached.as_ref()))
+        .map(|n| {
+            node_plan(
+                cluster,
+                secrets,
+                n,
+                (&inputs, &payload),
+                cached.as_ref(),
+                first_boot,
+            )
+        })
         .collect::<Result<_>>()?;
     Ok(Plan {
         schema_version: SCHEMA_VERSION,
@@ -264,6 +291,9 @@ pub fn make_plan(cluster: &Cluster, secrets: &Secrets, only: &[String]) -> Resul
             location: request.location.to_string(),
             sha256: digest,
             cached: cached.is_some(),
+            codename,
+            first_boot,
+            first_boot_known: cached.is_some(),
         },
         agent: planned_agent,
         platform: planned_components(&cluster.platform),
@@ -363,22 +393,13 @@ fn node_plan(
     cluster: &Cluster,
     secrets: &Secrets,
     node: &Node,
-    inputs: &RenderInputs,
-    payload: &Payload,
+    (inputs, payload): (&RenderInputs, &Payload),
     base: Option<&base::BaseImage>,
+    first_boot: Option<FirstBoot>,
 ) -> Result<NodePlan> {
     let (bundle, node_secrets) = render::render_node(cluster, secrets, node, inputs)?;
-    let base_cmdline = base.map_or("", |b| b.cmdline.as_str());
-    let base_config = base.map_or("", |b| b.config_txt.as_str());
-    let boot: Vec<BootFile> = bootfiles::boot_files(
-        base_cmdline,
-        base_config,
-        cluster,
-        node,
-        &bundle,
-        &node_secrets,
-        payload,
-    );
+    let boot: Vec<BootFile> =
+        bootfiles::boot_files(base, cluster, node, &bundle, &node_secrets, payload);
     let config_added = bootfiles::patched_config_txt("", cluster, node)
         .trim_start()
         .to_string();
@@ -435,9 +456,9 @@ fn node_plan(
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
-        kernel_args_added: render::added_kernel_args(cluster),
+        kernel_args_added: bootfiles::added_kernel_args(cluster, first_boot),
         cmdline: base.map(|b| {
-            bootfiles::patched_cmdline(&b.cmdline, cluster)
+            bootfiles::patched_cmdline(&b.cmdline, cluster, Some(b.first_boot()))
                 .trim_end()
                 .to_string()
         }),

@@ -37,6 +37,18 @@ pub fn text(plan: &Plan) -> String {
             " (downloaded at build time)"
         }
     );
+    if let (Some(codename), Some(fb)) = (&plan.base.codename, plan.base.first_boot) {
+        let _ = writeln!(
+            s,
+            "       {codename}{}; first boot: {}",
+            if plan.base.first_boot_known {
+                ""
+            } else {
+                " (by its file name; checked at build time)"
+            },
+            fb.describe()
+        );
+    }
     let _ = writeln!(s, "k3s:   {}", plan.k3s_source);
     let a = &plan.agent;
     let agent = match a.state {
