@@ -46,8 +46,25 @@ if [ ! -x "$venv/bin/python3" ]; then
   }
   python3 -m venv "$venv"
 fi
-"$venv/bin/python3" -m pip install -q --disable-pip-version-check -r tests/platform/requirements.txt
+"$venv/bin/python3" -m pip install -q --disable-pip-version-check -r tests/platform/requirements.txt \
+  -r tests/cloud-init-requirements.txt
 export PATH="$venv/bin:$PATH"
+
+say "cloud-init's schema check (Debian's package, unpacked under target/, not installed)"
+# Installing cloud-init would enable it on this machine's next boot; unpacked, it
+# only answers `cloud-init schema` for the Trixie seed-file test.
+ci="$PWD/target/cloud-init"
+if [ ! -x "$ci/bin/cloud-init" ]; then
+  rm -rf "$ci" && mkdir -p "$ci/deb" "$ci/bin"
+  (cd "$ci/deb" && { apt-get download cloud-init >/dev/null 2>&1 || { as_root apt-get update -qq && apt-get download cloud-init >/dev/null; }; })
+  dpkg-deb -x "$ci"/deb/cloud-init_*.deb "$ci/root"
+  cat > "$ci/bin/cloud-init" <<WRAP
+#!/bin/sh
+PYTHONPATH="$ci/root/usr/lib/python3/dist-packages" exec "$venv/bin/python3" -c 'import sys; from cloudinit.cmd import main; sys.exit(main.main())' "\$@"
+WRAP
+  chmod +x "$ci/bin/cloud-init"
+fi
+export PATH="$ci/bin:$PATH"
 
 say "node agent (aarch64, static)"
 cargo build --release -p picluster-node --target aarch64-unknown-linux-musl
