@@ -79,7 +79,12 @@ fn a_trixie_base_builds_nodes_whose_first_boot_is_picluster_s() {
     // unpacks it under target/ and puts a `cloud-init` on PATH).
     let ud = d.join("user-data");
     std::fs::write(&ud, &user).unwrap();
-    match Command::new("cloud-init").arg("schema").arg("--config-file").arg(&ud).output() {
+    match Command::new("cloud-init")
+        .arg("schema")
+        .arg("--config-file")
+        .arg(&ud)
+        .output()
+    {
         Ok(out) => {
             let said = String::from_utf8_lossy(&out.stdout).into_owned()
                 + &String::from_utf8_lossy(&out.stderr);
