@@ -7,7 +7,7 @@ use picluster_profiles::catalog::{self, CatalogImage};
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::fetch::{Fetcher, Location};
+use crate::fetch::{FetchError, Fetcher, Location};
 use crate::oslist::{self, Release};
 
 #[derive(Debug, clap::Args)]
@@ -65,12 +65,35 @@ pub struct Disagreement {
     pub listed: String,
 }
 
+/// A list that cannot be reached gets the offline hint for this command
+/// (the download hint of [`FetchError::Unreachable`] is about base images).
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    #[error(
+        "{url}: {message}\n  This will not get better by retrying. Offline? `picluster images` without --refresh lists the pins, and --list FILE reads a saved copy of the list"
+    )]
+    Unreachable { url: String, message: String },
+    #[error(transparent)]
+    Fetch(FetchError),
+}
+
+impl From<FetchError> for ListError {
+    fn from(e: FetchError) -> ListError {
+        match e {
+            FetchError::Unreachable { url, message } => ListError::Unreachable { url, message },
+            other => ListError::Fetch(other),
+        }
+    }
+}
+
 pub fn run(args: &ImagesArgs) -> Result<()> {
     let pinned = pinned(&catalog::images());
     let refreshed = if args.refresh {
         let fetcher = Fetcher::new(Cache::from_env()?)?;
-        let found = oslist::releases(&args.list, |url| fetcher.text(&Location::parse(url)))
-            .context("cannot read Raspberry Pi's image list (without --refresh, `picluster images` shows the pins offline)")?;
+        let found = oslist::releases(&args.list, |url| {
+            fetcher.text(&Location::parse(url)).map_err(ListError::from)
+        })
+        .context("cannot read Raspberry Pi's image list")?;
         let mut refreshed = compare(&args.list, &pinned, found.releases);
         if found.skipped > 0 {
             refreshed.notes.push(format!(
