@@ -573,6 +573,8 @@ fn lock_partial(part: &Path, label: &str) -> Result<File, FetchError> {
 
 fn net(url: &str, e: reqwest::Error) -> FetchError {
     // reqwest's Display omits the cause ("error sending request"); add it.
+    // The URL is said once, by FetchError: not again inside the message.
+    let e = e.without_url();
     let message = with_causes(&e);
     if e.is_connect() && !e.is_timeout() && is_permanent(&message) {
         FetchError::Unreachable {
