@@ -12,7 +12,8 @@
 #  (b) the naive flow: `xz -T0 -6 node.img` for each raw node image.
 # Sizes: each artefact against the whole raw image compressed at once by the
 # system tool with the same settings (`xz -T0 -6`, `gzip -6`, `zstd -12 -T0`).
-# Each time is until the data is on disk (`sync`). Takes ~40 min on 2 cores.
+# Each time is until the data is on disk (`sync`). Takes ~70 min on 2 cores (and
+# ~10 min once to build the baseline).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${1:-$repo/target/bench-build}
