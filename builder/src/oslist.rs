@@ -97,7 +97,7 @@ pub fn lite_arm64(url: &str) -> Option<(String, String)> {
 }
 
 fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    picluster_profiles::checks::sha256_hex(s).is_ok()
 }
 
 /// A `subitems_url` relative to the list that names it.
