@@ -166,12 +166,7 @@ impl BaseImage {
 
     /// cloud-init seed files on the boot partition.
     pub fn seed_files(&self) -> Vec<String> {
-        release::seed_files(
-            self.boot_files
-                .iter()
-                .filter(|f| !f.is_dir)
-                .map(|f| f.name.as_str()),
-        )
+        release::seed_files(&self.boot_files)
     }
 
     /// Refuse anything but Raspberry Pi OS Bookworm or Trixie for arm64.

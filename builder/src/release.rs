@@ -15,6 +15,8 @@
 
 use serde::Serialize;
 
+use crate::bootfs::BootEntry;
+
 /// Files cloud-init's NoCloud datasource reads from the boot partition: the
 /// names pi-gen writes, and Raspberry Pi Imager 2.x writes.
 pub const CLOUD_INIT_SEED: [&str; 3] = ["meta-data", "user-data", "network-config"];
@@ -60,12 +62,17 @@ impl FirstBoot {
     }
 }
 
-/// The seed files among `names` (the boot partition's root), as named there.
-pub fn seed_files<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    names
-        .into_iter()
-        .filter(|n| CLOUD_INIT_SEED.iter().any(|s| s.eq_ignore_ascii_case(n)))
-        .map(str::to_string)
+/// The seed files among the entries at the boot partition's root, as named there.
+pub fn seed_files(entries: &[BootEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| {
+            !e.is_dir
+                && CLOUD_INIT_SEED
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(&e.name))
+        })
+        .map(|e| e.name.clone())
         .collect()
 }
 
@@ -132,17 +139,24 @@ mod tests {
 
     #[test]
     fn seed_files_are_found_whatever_their_case_and_made_inert() {
-        let names = [
-            "cmdline.txt",
-            "META-DATA",
-            "user-data",
-            "network-config",
-            "ssh",
+        let entry = |name: &str, is_dir| BootEntry {
+            name: name.into(),
+            size: 1,
+            is_dir,
+        };
+        let entries = [
+            entry("cmdline.txt", false),
+            entry("META-DATA", false),
+            entry("user-data", false),
+            entry("network-config", false),
+            entry("ssh", false),
         ];
         assert_eq!(
-            seed_files(names),
+            seed_files(&entries),
             ["META-DATA", "user-data", "network-config"]
         );
+        // A directory of that name is no seed.
+        assert!(seed_files(&[entry("user-data", true)]).is_empty());
         for n in CLOUD_INIT_SEED {
             let text = inert_seed(n, "pi-worker-1").unwrap();
             assert!(text.contains("cloud-init is turned off"), "{text}");

@@ -29,7 +29,7 @@ pub struct InspectArgs {
 
 /// What `inspect --json` prints (sizes and offsets in bytes, times as Unix
 /// seconds and as UTC text). A field that changes meaning or goes away bumps
-/// `schema_version`; builder/tests/inspect_json.rs pins the shape.
+/// `schema_version`; builder/tests/json_shape.rs pins the shape.
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub schema_version: u32,
@@ -218,9 +218,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
                 free: fs.free_bytes().unwrap_or(0),
                 cmdline: read(boot_files::CMDLINE)
                     .map(|c| String::from_utf8_lossy(&c).trim_end().to_string()),
-                cloud_init_seed: release::seed_files(
-                    files.iter().filter(|f| !f.is_dir).map(|f| f.name.as_str()),
-                ),
+                cloud_init_seed: release::seed_files(&files),
                 files,
             })
         }
