@@ -6,7 +6,7 @@ mod text;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use picluster_profiles::bundle::BootAsset;
+use picluster_profiles::bundle::{BootAsset, boot_files};
 use picluster_profiles::platform::{Budget, Platform};
 use picluster_profiles::render::{self, RenderInputs};
 use picluster_profiles::{Cluster, Node, Phase, Secrets};
@@ -40,7 +40,7 @@ pub struct PlanArgs {
 /// What `plan --json` prints. Sizes are bytes, memory MiB, CPU millicores
 /// (the unit is in each field's name where it is not bytes). A field that
 /// changes meaning or goes away bumps `schema_version`; the shape is pinned by
-/// builder/tests/plan_json.rs.
+/// builder/tests/json_shape.rs.
 #[derive(Debug, Serialize)]
 pub struct Plan {
     pub schema_version: u32,
@@ -244,11 +244,8 @@ pub fn make_plan(cluster: &Cluster, secrets: &Secrets, only: &[String]) -> Resul
     let inputs = RenderInputs {
         built_at: build_epoch()?,
         picluster_version: env!("CARGO_PKG_VERSION").to_string(),
-        k3s_binary: pending(picluster_profiles::bundle::boot_files::K3S_BINARY),
-        k3s_airgap: cluster
-            .k3s
-            .airgap
-            .then(|| pending(picluster_profiles::bundle::boot_files::K3S_AIRGAP)),
+        k3s_binary: pending(boot_files::K3S_BINARY),
+        k3s_airgap: cluster.k3s.airgap.then(|| pending(boot_files::K3S_AIRGAP)),
     };
     let payload = Payload {
         agent: match &agent {
@@ -457,11 +454,13 @@ fn node_plan(
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
         kernel_args_added: bootfiles::added_kernel_args(cluster, first_boot),
-        cmdline: base.map(|b| {
-            bootfiles::patched_cmdline(&b.cmdline, cluster, Some(b.first_boot()))
-                .trim_end()
-                .to_string()
-        }),
+        // As written to the image (the boot file list), once the base is known.
+        cmdline: base
+            .and(boot.iter().find(|f| f.name == boot_files::CMDLINE))
+            .and_then(|f| match &f.content {
+                Content::Bytes(b) => Some(String::from_utf8_lossy(b).trim_end().to_string()),
+                _ => None,
+            }),
         config_txt_added: config_added,
         boot_files,
         rootfs_files,
