@@ -343,6 +343,14 @@ fn configure_user(c: &mut Stage1) -> Result<String> {
     user::configure(c.host, &c.bundle.user, secrets.password_hash.as_deref())
 }
 
+/// A unit file the distribution installed (not one an administrator or a
+/// tool put in /etc).
+fn unit_shipped(host: &Host, unit: &str) -> bool {
+    ["/lib/systemd/system", "/usr/lib/systemd/system"]
+        .iter()
+        .any(|d| host.path(&format!("{d}/{unit}")).exists())
+}
+
 /// Raspberry Pi OS Lite asks for a user name on the console at first boot
 /// (`userconfig.service`, with getty@tty1 disabled and an SSH banner) unless
 /// `userconf.txt` names one. The account is configured now: retire the wizard
@@ -359,9 +367,7 @@ fn retire_rename_wizard(c: &mut Stage1) -> Result<String> {
     let unit = "userconfig.service";
     let in_etc = host.path(&format!("/etc/systemd/system/{unit}"));
     let masked = std::fs::read_link(&in_etc).is_ok_and(|t| t == Path::new("/dev/null"));
-    let shipped = ["/lib/systemd/system", "/usr/lib/systemd/system"]
-        .iter()
-        .any(|d| host.path(&format!("{d}/{unit}")).exists());
+    let shipped = unit_shipped(host, unit);
     let copied = !masked && in_etc.is_file();
     if masked {
         found.push(format!("{unit} already masked"));
@@ -522,10 +528,7 @@ fn ensure_host_keys(host: &Host) -> Result<Option<String>> {
 fn finish_first_boot(c: &mut Stage1) -> Result<String> {
     let host = c.host;
     let unit = "rpi-resize.service";
-    let shipped = ["/lib/systemd/system", "/usr/lib/systemd/system"]
-        .iter()
-        .any(|d| host.path(&format!("{d}/{unit}")).exists());
-    if !shipped {
+    if !unit_shipped(host, unit) {
         return Ok(format!(
             "no {unit}: the base's own first boot finished before stage 1"
         ));
