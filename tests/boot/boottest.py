@@ -6,8 +6,11 @@ stand-in k3s on 127.0.0.1, write a cluster file and secrets with a fresh SSH
 key, `picluster build` node images from the Raspberry Pi OS-shaped fixture,
 boot each under QEMU as a Pi would boot, and check what the node agent did.
 
-Smoke mode (--smoke): boot the plain fixture, without picluster: proves the
-fixture, the first-boot stand-ins, the runner and SSH forwarding.
+Smoke mode (--smoke, smoke.py): boot the plain fixture, without picluster:
+proves the fixture, the first-boot stand-ins, the runner and SSH forwarding.
+
+--release bookworm|trixie picks the Raspberry Pi OS release the fixture is
+shaped like (releases.py says what differs).
 
 Standard library only.
 """
@@ -25,289 +28,22 @@ import secrets as pysecrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qemu_pi  # noqa: E402
-from qemu_pi import BootError, MachineConfig, PiMachine, console_tail  # noqa: E402
+from harness import (HERE, REPO, Checks, Ssh, TestFailure, build_fixture, ext4_write, failure_context,  # noqa: E402
+                     fixture_facts, grow_card, report, run, sparse_copy, step, summary)
+from qemu_pi import BootError, MachineConfig, PiMachine  # noqa: E402
+from releases import (RELEASES, Release, check_cloud_init_off, check_os_first_boot,  # noqa: E402
+                      check_trixie_growth)
+from smoke import smoke  # noqa: E402
 
 K3S_VERSION = "v1.33.5+k3s1"
 GATEWAY = "192.168.0.1"
 CGROUP_ARGS = ["cgroup_enable=memory"]
-# Tokens Raspberry Pi OS ships in cmdline.txt that must survive everything
-# (root=PARTUUID= changes value at the OS's first boot).
-SHIPPED_ARGS = ["console=serial0,115200", "console=tty1", "rootfstype=ext4", "fsck.repair=yes", "rootwait"]
-
-
-class TestFailure(Exception):
-    pass
-
-
-def step(msg: str) -> None:
-    print(f"==> {msg}", flush=True)
-
-
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    kw.setdefault("check", True)
-    return subprocess.run(cmd, **kw)
-
-
-# ---------------------------------------------------------------- checks
-
-
-class Checks:
-    """Collects assertions; each one prints, failures are raised together at the end."""
-
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failed: list[str] = []
-
-    def ok(self, cond: bool, what: str, detail: str = "") -> bool:
-        if cond:
-            self.passed += 1
-            print(f"  ok   {what}")
-        else:
-            self.failed.append(what + (f": {detail}" if detail else ""))
-            print(f"  FAIL {what}" + (f"\n       {detail}" if detail else ""))
-        return cond
-
-    def equal(self, got, want, what: str) -> bool:
-        return self.ok(got == want, what, f"got {got!r}, want {want!r}")
-
-
-# ---------------------------------------------------------------- ssh
-
-
-class Ssh:
-    def __init__(self, key: Path, user: str, port: int, workdir: Path):
-        self.key, self.user, self.port = key, user, port
-
-    def base(self, extra: list[str] | None = None) -> list[str]:
-        return [
-            "ssh",
-            "-p", str(self.port),
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",  # host keys change at the first boot
-            "-o", "ConnectTimeout=20",
-            "-o", "ServerAliveInterval=15",
-            "-o", "LogLevel=ERROR",
-            *(extra or []),
-        ]
-
-    def run(self, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        cmd = self.base(["-i", str(self.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-        cmd += [f"{self.user}@127.0.0.1", command]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if check and r.returncode != 0:
-            raise TestFailure(f"ssh {self.user}@guest {command!r} failed ({r.returncode}): {r.stderr.strip()}")
-        return r
-
-    def out(self, command: str) -> str:
-        return self.run(command).stdout.strip()
-
-    def wait(self, timeout: float) -> float:
-        """Wait until a key login works; return the seconds it took."""
-        start = time.monotonic()
-        last = ""
-        while time.monotonic() - start < timeout:
-            try:
-                r = self.run("true", check=False, timeout=60)
-                if r.returncode == 0:
-                    return time.monotonic() - start
-                last = r.stderr.strip()
-            except subprocess.TimeoutExpired:
-                last = "ssh timed out"
-            time.sleep(5)
-        raise TestFailure(f"no SSH login as {self.user} with the key within {timeout:.0f} s: {last}")
-
-    def offered_methods(self) -> str:
-        """The authentication methods the server offers, from a login without key."""
-        cmd = self.base([
-            "-o", "BatchMode=yes",
-            "-o", "PubkeyAuthentication=no",
-            "-o", "PreferredAuthentications=password,keyboard-interactive",
-            "-o", "LogLevel=INFO",
-        ]) + [f"{self.user}@127.0.0.1", "true"]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        if r.returncode == 0:
-            return "LOGGED-IN-WITHOUT-KEY"
-        m = re.search(r"Permission denied \(([^)]*)\)", r.stderr)
-        return m.group(1) if m else r.stderr.strip()
-
-
-# ---------------------------------------------------------------- fixture & images
-
-
-def build_fixture(cache: Path | None) -> Path:
-    step("fixture: build or reuse the Raspberry Pi OS-shaped image")
-    start = time.monotonic()
-    cmd = [str(HERE / "fixture" / "build.sh")]
-    if cache:
-        cmd += ["--cache", str(cache)]
-    out = run(cmd, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()
-    fixture = Path(out[-1])
-    print(f"  fixture {fixture} ready in {time.monotonic() - start:.0f} s")
-    return fixture
-
-
-def sparse_copy(src: Path, dst: Path) -> None:
-    dst.unlink(missing_ok=True)
-    run(["cp", "--reflink=auto", "--sparse=always", str(src), str(dst)])
-
-
-def ext4_write(image: Path, path: str, content: bytes, mode: int, uid: int, gid: int,
-               dir_mode: int = 0o700) -> None:
-    """Write a file into the image's ext4 root partition (debugfs at the partition offset)."""
-    root = qemu_pi.partitions(image)[1]
-    dev = f"{image}?offset={root.start}"
-    with tempfile.NamedTemporaryFile() as tmp:
-        tmp.write(content)
-        tmp.flush()
-        parent = os.path.dirname(path)
-        cmds = [f"mkdir {parent}", f"set_inode_field {parent} mode 040{dir_mode:o}",
-                f"set_inode_field {parent} uid {uid}", f"set_inode_field {parent} gid {gid}",
-                f"rm {path}", f"write {tmp.name} {path}",
-                f"set_inode_field {path} mode 0100{mode:o}",
-                f"set_inode_field {path} uid {uid}", f"set_inode_field {path} gid {gid}"]
-        with tempfile.NamedTemporaryFile("w") as script:
-            script.write("\n".join(cmds) + "\n")
-            script.flush()
-            r = run(["debugfs", "-w", "-f", script.name, dev], capture_output=True, text=True)
-        check = run(["debugfs", "-R", f"cat {path}", dev], capture_output=True)
-        if check.stdout != content:
-            raise TestFailure(f"debugfs could not write {path} into {image}: {r.stderr}")
-
-
-# ---------------------------------------------------------------- reporting
-
-
-def report(title: str, machine: PiMachine) -> None:
-    print(f"\n{title}: boot durations (TCG emulation)")
-    print(f"  {'boot':<5}{'stage':<15}{'login prompt':>14}{'ended':>10}  outcome")
-    for b in machine.boots:
-        login = f"{b.login_after:.0f} s" if b.login_after is not None else "-"
-        ended = f"{b.ended_after:.0f} s" if b.ended_after is not None else "-"
-        print(f"  {b.index:<5}{b.stage:<15}{login:>14}{ended:>10}  {b.outcome}")
-    # A stage lasts from power-on to its reboot, or to the login prompt for a
-    # boot that stays up (later times include the test's own checks).
-    parts = []
-    for b in machine.boots:
-        d = b.ended_after if b.outcome == "reboot" else b.login_after
-        if d is not None:
-            parts.append(f"{b.stage} {d:.0f} s")
-    print("  per boot (power-on to reboot or login prompt): " + ", ".join(parts))
-
-
-def failure_context(machine: PiMachine | None, ssh: Ssh | None, agent_units: list[str]) -> None:
-    """Print what helps to understand a failure: console lines and, if SSH works, the journal."""
-    if machine and machine.boots:
-        for b in machine.boots[-2:]:
-            print(console_tail(b.log), file=sys.stderr)
-    if ssh and machine and machine.running():
-        for unit in agent_units:
-            try:
-                r = ssh.run(f"sudo journalctl -b --no-pager -o cat -u {unit} | tail -n 40", check=False, timeout=60)
-                print(f"--- journal of {unit} ---\n{r.stdout.strip()}\n--- end ---", file=sys.stderr)
-            except Exception as e:  # best effort only
-                print(f"(journal of {unit} unavailable: {e})", file=sys.stderr)
-
-
-# ---------------------------------------------------------------- smoke mode
-
-
-def smoke(args) -> int:
-    fixture = build_fixture(args.cache)
-    work = args.workdir / "smoke"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    checks = Checks()
-    user = "tester"
-
-    step("prepare: copy the fixture, add `ssh`, `userconf.txt` and a key for the first user")
-    image = work / "disk.img"
-    sparse_copy(fixture / "base.img", image)
-    key = work / "id_ed25519"
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "boottest-smoke", "-f", str(key)])
-    password = pysecrets.token_hex(8)
-    pw_hash = run(["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True).stdout.strip()
-    qemu_pi.write_boot_file(image, "ssh", b"")
-    qemu_pi.write_boot_file(image, "userconf.txt", f"{user}:{pw_hash}\n".encode())
-    ext4_write(image, "/home/pi/.ssh/authorized_keys", (key.with_suffix(".pub")).read_bytes(), 0o600, 1000, 1000)
-    shipped = qemu_pi.read_boot_file(image, "cmdline.txt").decode().split()
-    old_id = qemu_pi.disk_id(image)
-
-    machine = PiMachine(MachineConfig(
-        image=image, kernel=fixture / "vmlinuz", initrd=fixture / "initrd.img", workdir=work,
-        boot_timeout=args.boot_timeout, settle=args.settle, max_boots=4,
-    ))
-    ssh = Ssh(key, user, machine.cfg.ssh_port, work)
-    try:
-        step("boot until steady")
-        boots = machine.boot_until_steady()
-        checks.equal([b.stage for b in boots], ["os-firstboot", "normal"], "boots: the OS first boot, then a normal boot")
-        checks.equal(boots[0].outcome, "reboot", "the first boot ends in a reboot")
-        waited = ssh.wait(300)
-        print(f"  SSH login {waited:.0f} s after the steady state")
-
-        step("checks on the running system")
-        cmdline = ssh.out("cat /boot/firmware/cmdline.txt").split()
-        checks.ok(not any(t.startswith("init=") for t in cmdline), "firstboot removed init= from cmdline.txt", " ".join(cmdline))
-        checks.ok("quiet" not in cmdline, "firstboot removed quiet")
-        for t in SHIPPED_ARGS:
-            checks.ok(t in cmdline, f"cmdline.txt keeps {t}")
-        new_id = ssh.out("sudo sfdisk --disk-id /dev/vda").lower().removeprefix("0x")
-        checks.ok(new_id != old_id, f"firstboot gave the disk a new identifier ({old_id} -> {new_id})")
-        checks.ok(f"root=PARTUUID={new_id}-02" in cmdline, "cmdline.txt root=PARTUUID= follows the new identifier")
-        fstab = ssh.out("cat /etc/fstab")
-        checks.ok(f"PARTUUID={new_id}-01" in fstab and "/boot/firmware" in fstab, "fstab mounts /boot/firmware by the new PARTUUID")
-        checks.equal(ssh.out("findmnt -no FSTYPE /boot/firmware"), "vfat", "/boot/firmware is mounted (vfat)")
-        checks.equal(ssh.out("id -u"), "1000", f"userconf renamed uid 1000 to {user}")
-        checks.ok(ssh.run("getent passwd pi", check=False).returncode != 0, "no user pi is left")
-        checks.equal(ssh.out("sudo -n id -u"), "0", "sudo works without a password (010_pi-nopasswd followed the rename)")
-        checks.equal(ssh.out("sudo getent shadow tester | cut -d: -f2"), pw_hash, "userconf set the password hash")
-        checks.ok(ssh.run("test ! -e /boot/firmware/ssh && test ! -e /boot/firmware/userconf.txt", check=False).returncode == 0,
-                  "sshswitch and userconf deleted their files")
-        checks.equal(ssh.out("systemctl is-enabled ssh"), "enabled", "sshswitch enabled ssh")
-        checks.equal(ssh.run("systemctl is-enabled userconfig", check=False).stdout.strip(), "disabled", "the user wizard retired itself")
-        checks.equal(ssh.out("systemctl is-active multi-user.target"), "active", "boot reached multi-user.target")
-        checks.equal(ssh.out("cat /etc/os-release | sed -n 's/^VERSION_CODENAME=//p'"), "bookworm", "os-release says bookworm")
-        checks.equal(ssh.out("uname -m"), "aarch64", "aarch64 kernel and userland")
-        checks.ok("eth0" in ssh.out("ip -o link show"), "the Ethernet interface is eth0")
-        checks.ok("memory" in ssh.out("cat /sys/fs/cgroup/cgroup.controllers"), "cgroup v2 with the memory controller")
-        before = ssh.out("sudo sha256sum /etc/ssh/ssh_host_ed25519_key.pub /boot/firmware/cmdline.txt /etc/fstab /etc/passwd")
-
-        step("power cycle: poweroff, boot again")
-        ssh.run("sudo systemctl poweroff", check=False, timeout=60)
-        machine.wait_for_exit(300)
-        boots = machine.boot_until_steady()
-        checks.equal([b.stage for b in boots], ["normal"], "after a power cycle: one normal boot, no reboot")
-        ssh.wait(300)
-        after = ssh.out("sudo sha256sum /etc/ssh/ssh_host_ed25519_key.pub /boot/firmware/cmdline.txt /etc/fstab /etc/passwd")
-        checks.equal(after, before, "a power cycle changes nothing (host key, cmdline.txt, fstab, passwd)")
-        ssh.run("sudo systemctl poweroff", check=False, timeout=60)
-        machine.wait_for_exit(300)
-    except (BootError, TestFailure, subprocess.TimeoutExpired) as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        failure_context(machine, ssh, [])
-        machine.kill()
-        report("smoke", machine)
-        return 1
-    finally:
-        machine.kill()
-    report("smoke", machine)
-    return summary(checks)
-
-
-def summary(checks: Checks) -> int:
-    print(f"\n{checks.passed} passed, {len(checks.failed)} failed")
-    for f in checks.failed:
-        print(f"  failed: {f}")
-    return 0 if not checks.failed else 1
 
 
 # ---------------------------------------------------------------- full mode
@@ -532,6 +268,7 @@ STATE_FILES = [
     "/usr/local/bin/k3s", "/usr/local/sbin/picluster-node", "/etc/systemd/system/*.service",
     "/home/*/.ssh/authorized_keys", "/boot/firmware/cmdline.txt", "/boot/firmware/config.txt",
     "/var/lib/k3s-standin/last-args", "/var/lib/k3s-standin/last-config.yaml",
+    "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/machine-id", "/etc/fstab", "/boot/firmware/user-data",
 ]
 
 
@@ -575,20 +312,26 @@ def wait_for_agent(ssh: Ssh, timeout: float) -> tuple[list[dict], str, str]:
     return steps, (table.stdout + table.stderr), notice
 
 
-def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture: Path, work: Path,
-               checks: Checks, agent_bin: Path) -> PiMachine:
+def check_node(args, release: Release, node: dict, built: Path, secrets: dict, key: Path, fixture: Path,
+               work: Path, checks: Checks) -> PiMachine:
     name, role, ip = node["name"], node["role"], node["ip"]
     service = "k3s" if role == "server" else "k3s-agent"
     nwork = work / name
     nwork.mkdir()
     image = nwork / "disk.img"
     sparse_copy(built, image)
+    if release.grow_mib:
+        grow_card(image, release.grow_mib)
+    old_id = qemu_pi.disk_id(image)
 
     step(f"{name}: the built image before boot")
     cmdline_txt = qemu_pi.read_boot_file(image, "cmdline.txt").decode()
     for a in CGROUP_ARGS:
         checks.ok(a in cmdline_txt.split(), f"{name}: cmdline.txt gains {a}")
     checks.ok("systemd.run=" in cmdline_txt, f"{name}: cmdline.txt runs the agent's stage 1")
+    checks.ok(release.first_boot_arg in cmdline_txt.split(), f"{name}: cmdline.txt keeps the OS's {release.first_boot_arg}")
+    if release.name == "trixie":
+        checks.ok("cloud-init=disabled" in cmdline_txt.split(), f"{name}: cmdline.txt turns cloud-init off")
     boot_files = qemu_pi.list_boot_files(image)
     for f in ("ssh", "picluster-node", "picluster-node.json", "picluster-secrets.json", "k3s-arm64"):
         checks.ok(f in boot_files, f"{name}: boot partition holds {f}")
@@ -616,8 +359,7 @@ def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture:
     try:
         step(f"{name}: boot until steady (each boot ~2-4 min under emulation)")
         boots = machine.boot_until_steady()
-        checks.equal([b.stage for b in boots], ["os-firstboot", "agent-stage1", "normal"],
-                     f"{name}: boots: OS first boot, agent stage 1, normal boot")
+        checks.equal([b.stage for b in boots], release.node_boots(), f"{name}: boots: " + ", ".join(release.node_boots()))
         waited = ssh.wait(300)
         print(f"  SSH login as {ADMIN} {waited:.0f} s after the steady state")
 
@@ -635,12 +377,15 @@ def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture:
         checks.ok(f"via {GATEWAY} dev eth0" in route, f"{name}: default route via {GATEWAY}", route)
         keyfiles = ssh.out("sudo stat -c '%a %U %n' /etc/NetworkManager/system-connections/*")
         checks.ok(all(l.startswith("600 root") for l in keyfiles.splitlines()), f"{name}: NetworkManager keyfiles are root 0600", keyfiles)
-        akeys = ssh.out(f"stat -c '%a %U' ~/.ssh ~/.ssh/authorized_keys")
+        akeys = ssh.out("stat -c '%a %U' ~/.ssh ~/.ssh/authorized_keys")
         checks.equal(akeys.splitlines(), [f"700 {ADMIN}", f"600 {ADMIN}"], f"{name}: ~/.ssh 0700, authorized_keys 0600, owned by {ADMIN}")
 
+        checks.equal(ssh.out(f"getent passwd {ADMIN} | cut -d: -f7"), "/bin/bash", f"{name}: {ADMIN} has a login shell")
+        checks.equal(ssh.out("sudo -n id -u"), "0", f"{name}: {ADMIN} has sudo without a password (picluster's own rule)")
+
         step(f"{name}: boot configuration")
-        cmdline = ssh.out("cat /boot/firmware/cmdline.txt").split()
-        for a in CGROUP_ARGS + SHIPPED_ARGS:
+        cmdline = check_os_first_boot(ssh, checks, name, release, old_id)
+        for a in CGROUP_ARGS:
             checks.ok(a in cmdline, f"{name}: cmdline.txt holds {a}")
         checks.ok(not any(t.startswith("systemd.") for t in cmdline), f"{name}: no systemd.* argument left", " ".join(cmdline))
         checks.ok(not any(t.startswith("init=") for t in cmdline), f"{name}: no init= left")
@@ -648,6 +393,9 @@ def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture:
         checks.equal(ssh.out("systemctl is-active multi-user.target"), "active", f"{name}: boot reached multi-user.target (the user wizard is out of the way)")
         checks.ok(ssh.run("test ! -e /boot/firmware/picluster-secrets.json", check=False).returncode == 0,
                   f"{name}: picluster-secrets.json is gone from the boot partition")
+        if release.name == "trixie":
+            check_trixie_growth(ssh, checks, name)
+            check_cloud_init_off(ssh, checks, name, cmdline)
 
         step(f"{name}: K3s stand-in and the agent's journal")
         steps, table, notice = wait_for_agent(ssh, args.agent_timeout)
@@ -693,6 +441,7 @@ def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture:
         boots = machine.boot_until_steady()
         checks.equal([b.stage for b in boots], ["normal"], f"{name}: a power cycle boots once, no reboot")
         ssh.wait(300)
+        checks.equal(ssh.out("hostname"), name, f"{name}: the hostname survives a power cycle")
         wait_for_agent(ssh, args.agent_timeout)
         after = state_snapshot(ssh, units)
         changed = [l for l in after if l not in before] + [f"(gone) {l}" for l in before if l not in after]
@@ -707,8 +456,8 @@ def check_node(args, node: dict, built: Path, secrets: dict, key: Path, fixture:
     return machine
 
 
-def check_tolerated_variant(args, node: dict, built: Path, key: Path, fixture: Path, work: Path,
-                            checks: Checks) -> PiMachine:
+def check_tolerated_variant(args, release: Release, node: dict, built: Path, key: Path, fixture: Path,
+                            work: Path, checks: Checks) -> PiMachine:
     """A Pi OS variant a non-fatal stage-1 step cannot handle the usual way:
     userconfig.service copied into /etc/systemd/system by a customisation tool,
     so `systemctl mask` fails. The node must still come up reachable by SSH
@@ -728,7 +477,7 @@ def check_tolerated_variant(args, node: dict, built: Path, key: Path, fixture: P
     try:
         step(f"{name} (variant): userconfig.service as a file in /etc; boot until steady")
         boots = machine.boot_until_steady()
-        checks.equal([b.stage for b in boots], ["os-firstboot", "agent-stage1", "normal"],
+        checks.equal([b.stage for b in boots], release.node_boots(),
                      f"{name} (variant): stage 1 ran once and the node booted normally")
         ssh.wait(300)
         checks.equal(ssh.out("id -un"), ADMIN, f"{name} (variant): reachable by SSH with the cluster file's key")
@@ -750,12 +499,15 @@ def check_tolerated_variant(args, node: dict, built: Path, key: Path, fixture: P
 
 
 def full(args) -> int:
-    work = args.workdir / "full"
+    release = RELEASES[args.release]
+    work = args.workdir / f"full-{release.name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     picluster, agent = cargo_build()
     preflight(picluster, agent)
-    fixture = build_fixture(args.cache)
+    fixture = build_fixture(args.cache, release.name)
+    if fixture_facts(fixture).get("FIXTURE_RELEASE", "bookworm") != release.name:
+        raise TestFailure(f"{fixture}: fixture.env names another release than {release.name}")
 
     step("K3s release mirror with the stand-in k3s on 127.0.0.1")
     mirror = Mirror(make_mirror(work))
@@ -792,10 +544,10 @@ def full(args) -> int:
             built = out / f"{n['name']}.img"
             if not checks.ok(built.is_file(), f"{n['name']}: {built} written"):
                 continue
-            machines.append((n["name"], check_node(args, n, built, secrets, key, fixture, work, checks, agent)))
+            machines.append((n["name"], check_node(args, release, n, built, secrets, key, fixture, work, checks)))
             if n["role"] == "agent" and not args.no_variant:
                 machines.append((f"{n['name']}-variant",
-                                 check_tolerated_variant(args, n, built, key, fixture, work, checks)))
+                                 check_tolerated_variant(args, release, n, built, key, fixture, work, checks)))
     except TestFailure as e:
         checks.ok(False, "boot test", str(e))
     finally:
@@ -808,6 +560,8 @@ def full(args) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="boot the plain fixture only (no picluster)")
+    ap.add_argument("--release", choices=sorted(RELEASES), default="bookworm",
+                    help="the Raspberry Pi OS release the fixture is shaped like (default bookworm)")
     ap.add_argument("--no-variant", action="store_true",
                     help="full mode: skip the extra agent boot where a non-fatal stage-1 step meets a Pi OS variant")
     ap.add_argument("--node", action="append", help="full mode: only this node (bt-server, bt-agent); repeatable")

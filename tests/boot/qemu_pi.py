@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -172,6 +171,10 @@ def stage_of(cmdline_txt: str) -> str:
         return "os-firstboot"
     if "systemd.run=" in cmdline_txt:
         return "agent-stage1"
+    # Trixie: the initramfs grows the root partition when it sees `resize`
+    # (raspberrypi-sys-mods resize_early) and the boot goes on.
+    if "resize" in cmdline_txt.split():
+        return "os-firstboot"
     return "normal"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import boottest
 import qemu_pi
+import releases
 
 SHIPPED = (
     "console=serial0,115200 console=tty1 root=PARTUUID=7069636c-02 rootfstype=ext4 "
@@ -46,6 +47,15 @@ class Firmware(unittest.TestCase):
         self.assertEqual(qemu_pi.stage_of(SHIPPED.strip() + " " + AGENT_ARGS), "os-firstboot")
         self.assertEqual(qemu_pi.stage_of("root=x " + AGENT_ARGS), "agent-stage1")
         self.assertEqual(qemu_pi.stage_of("root=x cgroup_enable=memory"), "normal")
+
+    def test_trixie_stages(self):
+        # pi-gen tag 2026-06-18-raspios-trixie-arm64 stage1/00-boot-files/files/cmdline.txt ends in `resize`.
+        trixie = "console=serial0,115200 console=tty1 root=PARTUUID=7069636c-02 rootfstype=ext4 fsck.repair=yes rootwait resize"
+        self.assertEqual(qemu_pi.stage_of(trixie), "os-firstboot")
+        self.assertEqual(qemu_pi.stage_of(f"{trixie} cloud-init=disabled {AGENT_ARGS}"), "agent-stage1")
+        self.assertEqual(qemu_pi.stage_of(trixie.replace(" resize", " noresize")), "normal")
+        self.assertEqual(releases.RELEASES["trixie"].node_boots(), ["agent-stage1", "normal"])
+        self.assertEqual(releases.RELEASES["bookworm"].node_boots(), ["os-firstboot", "agent-stage1", "normal"])
 
     def test_login_prompt(self):
         self.assertTrue(qemu_pi.LOGIN_PROMPT.search(b"\r\nDebian GNU/Linux 12 bt-server ttyAMA0\r\n\r\nbt-server login: "))
