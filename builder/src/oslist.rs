@@ -100,6 +100,11 @@ fn is_sha256(s: &str) -> bool {
     picluster_profiles::checks::sha256_hex(s).is_ok()
 }
 
+/// A digest field of the list, if it is one, in lower case.
+fn listed_sha256(field: Option<&str>) -> Option<String> {
+    field.filter(|s| is_sha256(s)).map(str::to_ascii_lowercase)
+}
+
 /// A `subitems_url` relative to the list that names it.
 fn resolve(base: &str, rel: &str) -> String {
     if rel.contains("://") {
@@ -138,6 +143,7 @@ where
     let mut queue = VecDeque::from([(root.to_string(), 0usize)]);
     let mut seen = BTreeSet::new();
     let mut found = Found::default();
+    let root_origin = origin(root);
     while let Some((url, depth)) = queue.pop_front() {
         if !seen.insert(url.clone()) {
             continue;
@@ -161,7 +167,7 @@ where
             {
                 queue.push_back((resolve(&url, sub), depth + 1));
             }
-            if let Some(r) = release(&item, origin(root))
+            if let Some(r) = release(&item, root_origin)
                 && !found.releases.iter().any(|f| f.url == r.url)
             {
                 found.releases.push(r);
@@ -195,24 +201,15 @@ fn release(item: &Item, list_origin: Option<&str>) -> Option<Release> {
         return None;
     }
     let (date, codename) = lite_arm64(url)?;
-    let sha256 = item
-        .image_download_sha256
-        .as_deref()
-        .filter(|s| is_sha256(s))
-        .map(str::to_ascii_lowercase);
     Some(Release {
         codename,
         date,
         name: item.name.clone(),
         url: url.to_string(),
-        sha256,
+        sha256: listed_sha256(item.image_download_sha256.as_deref()),
         download_size: item.image_download_size,
         extract_size: item.extract_size,
-        extract_sha256: item
-            .extract_sha256
-            .as_deref()
-            .filter(|s| is_sha256(s))
-            .map(str::to_ascii_lowercase),
+        extract_sha256: listed_sha256(item.extract_sha256.as_deref()),
         release_date: item.release_date.clone(),
         init_format: item.init_format.clone(),
         devices: item.devices.clone(),
