@@ -343,6 +343,12 @@ fn configure_user(c: &mut Stage1) -> Result<String> {
     user::configure(c.host, &c.bundle.user, secrets.password_hash.as_deref())
 }
 
+/// The first line of an error and its causes, for a "continuing" note in a
+/// step's detail and the log.
+fn cause(e: &anyhow::Error) -> String {
+    crate::status::first_line(&format!("{e:#}"), 160)
+}
+
 /// A unit file the distribution installed (not one an administrator or a
 /// tool put in /etc).
 fn unit_shipped(host: &Host, unit: &str) -> bool {
@@ -376,10 +382,7 @@ fn retire_rename_wizard(c: &mut Stage1) -> Result<String> {
     } else {
         let mut tolerate = |what: &str, r: Result<crate::host::CmdOutput>| match r {
             Ok(_) => done.push(what.to_string()),
-            Err(e) => found.push(format!(
-                "{what} failed ({})",
-                crate::status::first_line(&format!("{e:#}"), 160)
-            )),
+            Err(e) => found.push(format!("{what} failed ({})", cause(&e))),
         };
         tolerate(
             &format!("{unit} disabled"),
@@ -401,10 +404,7 @@ fn retire_rename_wizard(c: &mut Stage1) -> Result<String> {
     {
         match host.run(host.systemctl_files(&["enable", "getty@tty1.service"])) {
             Ok(_) => done.push("getty@tty1 enabled".into()),
-            Err(e) => found.push(format!(
-                "enabling getty@tty1 failed ({})",
-                crate::status::first_line(&format!("{e:#}"), 160)
-            )),
+            Err(e) => found.push(format!("enabling getty@tty1 failed ({})", cause(&e))),
         }
     }
     let banner = host.path("/etc/ssh/sshd_config.d/rename_user.conf");
@@ -481,7 +481,7 @@ fn enable_units(c: &mut Stage1) -> Result<String> {
         Err(e) => {
             let msg = format!(
                 "systemd-time-wait-sync.service not enabled ({}): continuing, stage 2 waits for the clock itself",
-                crate::status::first_line(&format!("{e:#}"), 160)
+                cause(&e)
             );
             host.log.warn(&msg);
             detail.push_str(&format!("; {msg}"));
@@ -547,10 +547,7 @@ fn finish_first_boot(c: &mut Stage1) -> Result<String> {
     ] {
         match host.run(cmd) {
             Ok(_) => done.push(what.to_string()),
-            Err(e) => found.push(format!(
-                "{what}: failed ({})",
-                crate::status::first_line(&format!("{e:#}"), 160)
-            )),
+            Err(e) => found.push(format!("{what}: failed ({})", cause(&e))),
         }
     }
     if !found.is_empty() {
