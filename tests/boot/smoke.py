@@ -84,6 +84,7 @@ def check_bookworm(ssh: Ssh, checks: Checks, pw_hash: str) -> None:
     checks.equal(ssh.out(f"sudo getent shadow {USER} | cut -d: -f2"), pw_hash, "userconf set the password hash")
     checks.ok(ssh.run("test ! -e /boot/firmware/ssh && test ! -e /boot/firmware/userconf.txt", check=False).returncode == 0,
               "sshswitch and userconf deleted their files")
+    checks.equal(ssh.out("systemctl is-enabled ssh"), "enabled", "sshswitch enabled ssh")
     checks.equal(ssh.run("systemctl is-enabled userconfig", check=False).stdout.strip(), "disabled", "the user wizard retired itself")
 
 
@@ -139,7 +140,6 @@ def smoke(args) -> int:
         else:
             check_trixie(ssh, checks)
             check_trixie_growth(ssh, checks, "smoke")
-        checks.equal(ssh.out("systemctl is-enabled ssh"), "enabled", "ssh is enabled")
         checks.equal(ssh.out("systemctl is-active multi-user.target"), "active", "boot reached multi-user.target")
         checks.equal(ssh.out("uname -m"), "aarch64", "aarch64 kernel and userland")
         checks.ok("eth0" in ssh.out("ip -o link show"), "the Ethernet interface is eth0")
